@@ -1,0 +1,1 @@
+"""Media plane: G.711, RTP, jitter buffer, pacing, DTMF, resampling, recording."""
