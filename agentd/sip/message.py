@@ -242,6 +242,7 @@ def parse_cseq_value(value: str | None) -> tuple[int, str] | None:
     if value is None:
         return None
     parts = value.split()
-    if len(parts) != 2 or not parts[0].isdigit():
+    # isascii: str.isdigit() accepts digits such as '²' that int() refuses.
+    if len(parts) != 2 or not (parts[0].isascii() and parts[0].isdigit()):
         return None
     return int(parts[0]), parts[1]
