@@ -207,7 +207,9 @@ def test_auth_int_used_only_when_offered_alone() -> None:
 
 
 def test_userhash_hides_username() -> None:
-    challenge = parse_challenge('Digest realm="r", nonce="n", qop=auth, userhash=true, algorithm=SHA-256')
+    challenge = parse_challenge(
+        'Digest realm="r", nonce="n", qop=auth, userhash=true, algorithm=SHA-256'
+    )
     value = build_authorization(
         challenge, method="REGISTER", uri="sip:r", username="Mufasa", password="p",
         cnonce="c", nc=1,
@@ -245,9 +247,13 @@ def test_bad_build_inputs_raise_auth_error(kwargs: dict) -> None:
 def test_unsupported_algorithm_or_qop_raises() -> None:
     kwargs = dict(method="INVITE", uri="sip:x", username="u", password="p", cnonce="c", nc=1)
     with pytest.raises(AuthError):
-        build_authorization(parse_challenge('Digest realm="r", nonce="n", algorithm=SHA-512-256'), **kwargs)
+        build_authorization(
+            parse_challenge('Digest realm="r", nonce="n", algorithm=SHA-512-256'), **kwargs
+        )
     with pytest.raises(AuthError):
-        build_authorization(parse_challenge('Digest realm="r", nonce="n", qop="auth-conf"'), **kwargs)
+        build_authorization(
+            parse_challenge('Digest realm="r", nonce="n", qop="auth-conf"'), **kwargs
+        )
 
 
 # ---------------------------------------------------------------- parsing edge cases
