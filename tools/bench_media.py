@@ -6,7 +6,7 @@ Usage: .venv/bin/python tools/bench_media.py [--quick]
 For μ-law and A-law, on 20 ms frames (160 samples) and on one minute of 8 kHz audio
 (480,000 samples), prints encode, decode and encode+decode rates in Msamples/s (best of
 several repeats, time.perf_counter) and the speed ratio against audioop measured in the
-same run (above 1.0 means agentd is faster).
+same run (above 1.0 means agentd is faster). Also the real-time factor of StreamResampler.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agentd.media import g711  # noqa: E402
+from agentd.media.resample import StreamResampler  # noqa: E402
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -82,6 +83,23 @@ def bench_law(law: str, samples: int, calls: int, repeats: int) -> None:
     print(line, flush=True)
 
 
+def bench_resampler(in_rate: int, out_rate: int, seconds: int, repeats: int) -> None:
+    """Real-time factor of streaming resampling in 20 ms chunks (how many calls one core holds)."""
+    chunk = in_rate // 50
+    audio = speech_like(in_rate * seconds)
+    chunks = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
+    best = float("inf")
+    for _ in range(repeats):
+        resampler = StreamResampler(in_rate, out_rate)
+        begin = time.perf_counter()
+        for piece in chunks:
+            resampler.process(piece)
+        resampler.flush()
+        best = min(best, time.perf_counter() - begin)
+    print(f"resample {in_rate:5d} -> {out_rate:5d} Hz in 20 ms chunks: "
+          f"{seconds / best:8.0f}x real time", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
@@ -92,6 +110,8 @@ def main() -> None:
     for law in ("ulaw", "alaw"):
         bench_law(law, FRAME_SAMPLES, calls=20_000 // scale, repeats=5)
         bench_law(law, MINUTE_SAMPLES, calls=40 // scale, repeats=5)
+    for in_rate, out_rate in ((8000, 16000), (24000, 8000), (22050, 8000)):
+        bench_resampler(in_rate, out_rate, seconds=60 // scale, repeats=3)
 
 
 if __name__ == "__main__":
