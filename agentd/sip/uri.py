@@ -480,6 +480,8 @@ def parse_name_addr(text: str) -> NameAddr:
             tokens = prefix.split()
             display = " ".join(tokens) if tokens else None
             i = angle
+        elif prefix is not None and ":" not in prefix:
+            raise UriError(f"display name must be tokens or a quoted string: {text!r}")
         else:
             return _parse_addr_spec(text, i)
     end = text.find(">", i)
