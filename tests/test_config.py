@@ -1,4 +1,4 @@
-"""Configuration file: example loads, every kind of mistake names file:line:key, secrets stay hidden."""
+"""Config file: the example loads, each kind of mistake names file:line:key, secrets stay hidden."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from agentd.config import (
     Config,
@@ -23,6 +26,8 @@ from agentd.config import (
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.yaml"
+
+KNOWN_KEYS = [row.key.rsplit(".", 1)[-1] for row in config_reference()]
 
 MINIMAL = """\
 sip:
@@ -87,9 +92,7 @@ def test_minimal_file_takes_defaults(tmp_path: Path) -> None:
 
 
 def test_registrar_host_name_leaves_trusted_sources_to_resolution() -> None:
-    config = Config.from_dict(
-        {"sip": {"registrar": "kamailio", "extension": "7", "password": "x"}}
-    )
+    config = Config.from_dict({"sip": {"registrar": "kamailio", "extension": "7", "password": "x"}})
     assert config.sip.registrar == HostPort("kamailio", 5060)
     assert config.sip.domain == "kamailio"
     assert config.sip.trusted_sources is None
@@ -131,7 +134,7 @@ def test_unquoted_dtmf_digit_key_is_accepted(tmp_path: Path) -> None:
 
 def test_config_is_immutable(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         config.sip.max_calls = 9  # type: ignore[misc]
 
 
@@ -188,7 +191,8 @@ def test_bad_cidr_points_at_list_item(tmp_path: Path) -> None:
         MINIMAL + "  trusted_sources:\n    - 10.0.0.0/8\n    - 10.0.0.1/24\n    - banana\n",
     )
     assert [str(e) for e in errors_of(path)] == [
-        f"{path}:7: sip.trusted_sources[1]: host bits set in '10.0.0.1/24'; did you mean '10.0.0.0/24'?",
+        f"{path}:7: sip.trusted_sources[1]: host bits set in '10.0.0.1/24'; "
+        "did you mean '10.0.0.0/24'?",
         f"{path}:8: sip.trusted_sources[2]: expected a CIDR such as 192.0.2.0/24, got 'banana'",
     ]
 
@@ -196,7 +200,12 @@ def test_bad_cidr_points_at_list_item(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("media", "line", "key", "message"),
     [
-        ("  rtp_port_min: 10001\n", 6, "media.rtp_port_min", "expected an even port number, got 10001"),
+        (
+            "  rtp_port_min: 10001\n",
+            6,
+            "media.rtp_port_min",
+            "expected an even port number, got 10001",
+        ),
         (
             "  rtp_port_min: 20000\n  rtp_port_max: 10000\n",
             7,
@@ -228,7 +237,10 @@ def test_codec_errors(tmp_path: Path) -> None:
 
 def test_jitter_bounds(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "media:\n  jitter_min_ms: 100\n  jitter_max_ms: 60\n")
-    assert only_error(path) == f"{path}:7: media.jitter_max_ms: must be at least jitter_min_ms (100), got 60"
+    assert (
+        only_error(path)
+        == f"{path}:7: media.jitter_max_ms: must be at least jitter_min_ms (100), got 60"
+    )
     path = write(tmp_path, MINIMAL + "media:\n  jitter_max_ms: 500\n")
     assert only_error(path) == f"{path}:6: media.jitter_max_ms: expected at most 200, got 500"
 
@@ -314,7 +326,10 @@ def test_playback_needs_existing_file(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "app:\n  mode: playback\n")
     assert only_error(path) == f"{path}:5: app.playback_file: required when mode is playback"
     path = write(tmp_path, MINIMAL + "app:\n  mode: playback\n  playback_file: hello.wav\n")
-    assert only_error(path) == f"{path}:7: app.playback_file: file not found: '{tmp_path / 'hello.wav'}'"
+    assert (
+        only_error(path)
+        == f"{path}:7: app.playback_file: file not found: '{tmp_path / 'hello.wav'}'"
+    )
     (tmp_path / "hello.wav").write_bytes(b"RIFF")
     assert load_config(path).app.playback_file == tmp_path / "hello.wav"
 
@@ -337,7 +352,7 @@ def test_bad_dtmf_map(tmp_path: Path) -> None:
         ("local_port: true", "expected a number, got True"),
         ("transport: tls", "expected 'udp' or 'tcp', got 'tls'"),
         ("register_expires: 10", "expected at least 30, got 10"),
-        ("user_agent: \"a\\r\\nX-Evil: 1\"", "expected one line of at most 256 printable characters"),
+        ('user_agent: "a\\r\\nX-Evil: 1"', "expected one line of at most 256 printable characters"),
         ("rate_limit: 5", "expected a mapping of keys, got 5"),
     ],
 )
@@ -417,14 +432,22 @@ def test_parse_config_default_source() -> None:
 
 def test_password_never_in_repr_str_or_dump(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
-    for text in (repr(config), str(config), repr(config.sip), config.model_dump_json(), str(config.model_dump())):
+    for text in (
+        repr(config),
+        str(config),
+        repr(config.sip),
+        config.model_dump_json(),
+        str(config.model_dump()),
+    ):
         assert "hunter2" not in text
     assert config.sip.password is not None and config.sip.password.get_secret_value() == "hunter2"
 
 
 def test_password_from_file_never_in_repr(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("file-secret-42")
-    config = load_config(write(tmp_path, MINIMAL.replace("password: hunter2", "password_file: secret")))
+    config = load_config(
+        write(tmp_path, MINIMAL.replace("password: hunter2", "password_file: secret"))
+    )
     assert "file-secret-42" not in repr(config)
 
 
@@ -454,7 +477,9 @@ def test_config_error_is_not_chained_to_pydantic(tmp_path: Path) -> None:
 def test_reference_lists_every_key_with_type_and_default() -> None:
     rows = {row.key: row for row in config_reference()}
     assert rows["sip.registrar"].type == "host:port" and rows["sip.registrar"].default == "required"
-    assert rows["sip.local_port"].type == "int 0..65535" and rows["sip.local_port"].default == "5060"
+    assert (
+        rows["sip.local_port"].type == "int 0..65535" and rows["sip.local_port"].default == "5060"
+    )
     assert rows["sip.auth_user"].default == "= extension"
     assert rows["media.codecs"].default == "[PCMU, PCMA]"
     assert rows["sip.rate_limit.burst"].default == "20"
@@ -474,3 +499,57 @@ def test_render_reference_is_a_markdown_table() -> None:
         cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
         assert len(cells) == 4, line
     assert "`sip.registrar`" in table
+
+
+# --- hostile input -------------------------------------------------------------------------
+
+
+def test_alias_cycle_and_alias_bomb_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"<string>:1: YAML alias refers to itself"):
+        parse_config("sip: &s\n  x: *s\n")
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    for name, prev in zip("bcdef", "abcde", strict=True):
+        bomb += f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]\n"
+    with pytest.raises(ConfigError, match="YAML expands to over"):
+        parse_config(bomb)
+
+
+def test_deep_nesting_is_refused() -> None:
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        parse_config("[" * 5000 + "]" * 5000)
+
+
+def test_python_tags_are_not_constructed() -> None:
+    with pytest.raises(ConfigError, match="could not determine a constructor"):
+        parse_config("sip: !!python/object/apply:os.system [echo]\n")
+
+
+yaml_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=12)
+)
+yaml_values = st.recursive(
+    yaml_scalars,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(KNOWN_KEYS) | st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=yaml_values)
+def test_arbitrary_data_only_raises_config_error(data: object) -> None:
+    try:
+        Config.from_dict(data)
+    except ConfigError as exc:
+        assert exc.errors and all(isinstance(issue, ConfigIssue) for issue in exc.errors)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("sip:med\n -[]{}&*!#'\"0123.,?|>")), max_size=60))
+def test_arbitrary_text_only_raises_config_error(text: str) -> None:
+    try:
+        parse_config(text)
+    except ConfigError as exc:
+        assert str(exc)

@@ -1,7 +1,7 @@
 """agentd configuration: one YAML file, validated up front with file:line:key errors.
 
-    config = load_config("/etc/agentd/config.yaml")   # raises ConfigError
-    config.sip.registrar.host, config.sip.password.get_secret_value()
+config = load_config("/etc/agentd/config.yaml")   # raises ConfigError
+config.sip.registrar.host, config.sip.password.get_secret_value()
 """
 
 from agentd.config.errors import ConfigError, ConfigIssue

@@ -20,9 +20,13 @@ def load_config(path: str | Path) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([ConfigIssue(source, None, "", f"cannot read: {exc.strerror or exc}")]) from None
+        raise ConfigError(
+            [ConfigIssue(source, None, "", f"cannot read: {exc.strerror or exc}")]
+        ) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError([ConfigIssue(source, None, "", f"not UTF-8 text: {exc.reason}")]) from None
+        raise ConfigError(
+            [ConfigIssue(source, None, "", f"not UTF-8 text: {exc.reason}")]
+        ) from None
     return parse_config(text, source=source, base_dir=Path(path).resolve().parent)
 
 

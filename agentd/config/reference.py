@@ -15,7 +15,13 @@ from pydantic_core import PydanticUndefined
 from agentd.config.schema import Config
 from agentd.config.values import TypeName
 
-_SCALAR_NAMES = {int: "int", float: "number", str: "string", bool: "bool", SecretStr: "secret string"}
+_SCALAR_NAMES = {
+    int: "int",
+    float: "number",
+    str: "string",
+    bool: "bool",
+    SecretStr: "secret string",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +44,12 @@ def render_config_reference(rows: list[ReferenceRow] | None = None) -> str:
     rows = config_reference() if rows is None else rows
     lines = ["| Key | Type | Default | Description |", "|---|---|---|---|"]
     for row in rows:
-        cells = (f"`{row.key}`", row.type, f"`{row.default}`" if row.default else "", row.description)
+        cells = (
+            f"`{row.key}`",
+            row.type,
+            f"`{row.default}`" if row.default else "",
+            row.description,
+        )
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -48,7 +59,9 @@ def _rows(model: type[BaseModel], prefix: str) -> typing.Iterator[ReferenceRow]:
         key = f"{prefix}{name}"
         nested = _nested_model(field.annotation)
         if nested is not None:
-            yield ReferenceRow(key, "section", "required" if field.is_required() else "", _describe(field))
+            yield ReferenceRow(
+                key, "section", "required" if field.is_required() else "", _describe(field)
+            )
             yield from _rows(nested, key + ".")
         else:
             yield ReferenceRow(key, _field_type(field), _default_text(field), _describe(field))
@@ -94,7 +107,9 @@ def _bounds(metadata: list[Any]) -> str:
     low = high = None
     for item in metadata:
         if isinstance(item, annotated_types.Ge | annotated_types.Gt):
-            low = getattr(item, "ge", None) if isinstance(item, annotated_types.Ge) else f">{item.gt}"
+            low = (
+                getattr(item, "ge", None) if isinstance(item, annotated_types.Ge) else f">{item.gt}"
+            )
         if isinstance(item, annotated_types.Le):
             high = item.le
     if low is None and high is None:
@@ -108,7 +123,8 @@ def _default_text(field: FieldInfo) -> str:
         return f"= {extra['default_text']}"
     if field.is_required():
         return "required"
-    value = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+    factory = field.default_factory
+    value = factory() if factory is not None else field.default  # type: ignore[call-arg]
     if value is None or value is PydanticUndefined:
         return "unset"
     if isinstance(value, tuple | list):

@@ -57,7 +57,9 @@ class SipConfig(Section):
     transport: Literal["udp", "tcp"] = Field("udp", description="SIP transport.")
     extension: SipUser = Field(description="User part we register as (our extension).")
     auth_user: SipUser | None = Field(
-        None, description="Digest authentication user name.", json_schema_extra=_derived("extension")
+        None,
+        description="Digest authentication user name.",
+        json_schema_extra=_derived("extension"),
     )
     password: SecretStr | None = Field(
         None, description="Digest password (exactly one of password and password_file)."
@@ -70,8 +72,12 @@ class SipConfig(Section):
     domain: HostValue | None = Field(
         None, description="SIP domain / digest realm.", json_schema_extra=_derived("registrar host")
     )
-    local_address: LocalAddress = Field("127.0.0.1", description="IP address to bind and advertise.")
-    local_port: Integer = Field(5060, ge=0, le=65535, description="Local SIP port (0 = any free port).")
+    local_address: LocalAddress = Field(
+        "127.0.0.1", description="IP address to bind and advertise."
+    )
+    local_port: Integer = Field(
+        5060, ge=0, le=65535, description="Local SIP port (0 = any free port)."
+    )
     register_expires: Integer = Field(
         300, ge=30, le=86_400, description="Requested registration lifetime in seconds."
     )
@@ -81,10 +87,10 @@ class SipConfig(Section):
         "resolved at start-up when the registrar is a host name.",
         json_schema_extra=_derived("registrar address"),
     )
-    max_calls: Integer = Field(4, ge=1, le=256, description="Concurrent calls; more get 486 Busy Here.")
-    user_agent: HeaderText = Field(
-        f"agentd/{__version__}", description="User-Agent header value."
+    max_calls: Integer = Field(
+        4, ge=1, le=256, description="Concurrent calls; more get 486 Busy Here."
     )
+    user_agent: HeaderText = Field(f"agentd/{__version__}", description="User-Agent header value.")
     rate_limit: RateLimitConfig = Field(
         default_factory=RateLimitConfig, description="Request limit for untrusted sources."
     )
@@ -143,7 +149,10 @@ class MediaConfig(Section):
     """RTP ports and codecs."""
 
     rtp_port_min: Integer = Field(
-        10000, ge=1024, le=65534, description="Lowest RTP port (even; RTCP uses the odd port above)."
+        10000,
+        ge=1024,
+        le=65534,
+        description="Lowest RTP port (even; RTCP uses the odd port above).",
     )
     rtp_port_max: Integer = Field(
         20000, ge=1026, le=65534, description="End of the RTP port range (even, exclusive)."
@@ -154,8 +163,12 @@ class MediaConfig(Section):
     dtmf_payload_type: Integer = Field(
         101, ge=96, le=127, description="RTP payload type of telephone-event (RFC 4733)."
     )
-    jitter_min_ms: Integer = Field(40, ge=20, le=200, description="Initial jitter buffer depth in ms.")
-    jitter_max_ms: Integer = Field(120, ge=20, le=200, description="Largest jitter buffer depth in ms.")
+    jitter_min_ms: Integer = Field(
+        40, ge=20, le=200, description="Initial jitter buffer depth in ms."
+    )
+    jitter_max_ms: Integer = Field(
+        120, ge=20, le=200, description="Largest jitter buffer depth in ms."
+    )
 
     @field_validator("codecs", mode="before")
     @classmethod
@@ -208,7 +221,8 @@ class AppConfig(Section):
     echo_delay_ms: Integer = Field(200, ge=0, le=5000, description="Echo delay in ms.")
     playback_file: FilePath | None = Field(
         None,
-        description="WAV file to play in playback mode (required then); relative to the config file.",
+        description="WAV file to play in playback mode (required then); "
+        "relative to the config file.",
     )
     dtmf_transfer: dict[DtmfKey, TransferTarget] = Field(
         default_factory=dict,
@@ -227,7 +241,9 @@ class AppConfig(Section):
     def _keys_as_text(cls, value: Any) -> Any:
         # Unquoted `5:` is an int key in YAML; "*" and "#" must be quoted anyway.
         if isinstance(value, dict):
-            return {str(key) if isinstance(key, int) else key: target for key, target in value.items()}
+            return {
+                str(key) if isinstance(key, int) else key: target for key, target in value.items()
+            }
         return value
 
     @model_validator(mode="after")
@@ -240,8 +256,12 @@ class AppConfig(Section):
 class LogConfig(Section):
     """Logging."""
 
-    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged.")
-    format: Literal["text", "json"] = Field("text", description="text for people, json for collectors.")
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe level logged."
+    )
+    format: Literal["text", "json"] = Field(
+        "text", description="text for people, json for collectors."
+    )
 
     @field_validator("level", "format", mode="before")
     @classmethod

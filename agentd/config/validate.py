@@ -50,7 +50,9 @@ def validate_document(
     return result
 
 
-def _issue(model: type[BaseModel], error: ErrorDetails, source: str, root: Node | None) -> ConfigIssue:
+def _issue(
+    model: type[BaseModel], error: ErrorDetails, source: str, root: Node | None
+) -> ConfigIssue:
     loc = list(error["loc"])
     ctx = error.get("ctx") or {}
     bad_key = bool(loc) and loc[-1] == "[key]"

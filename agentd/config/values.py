@@ -148,7 +148,9 @@ def parse_network(value: Any) -> IPNetwork:
 def parse_sip_user(value: Any) -> str:
     text = _require_str(value, "a SIP user name")
     if not _SIP_USER.match(text):
-        raise ValueError(f"expected a SIP user name (letters, digits, -_.!~*'()&=+$,;?/), got {text!r}")
+        raise ValueError(
+            f"expected a SIP user name (letters, digits, -_.!~*'()&=+$,;?/), got {text!r}"
+        )
     return text
 
 

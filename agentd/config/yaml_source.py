@@ -19,6 +19,8 @@ from agentd.config.errors import ConfigError, ConfigIssue
 
 _INT_TAG = "tag:yaml.org,2002:int"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
+# Far more than any real config; bounds the work an alias bomb can cause.
+MAX_EXPANDED_NODES = 100_000
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -52,7 +54,12 @@ def parse_yaml(text: str, source: str) -> YamlDocument:
     loader = _ConfigLoader(text)
     try:
         root = loader.get_single_node()
+        if root is not None:
+            _check_expansion(root, source)
         data = None if root is None else loader.construct_document(root)
+        issues = tuple(_duplicate_keys(root, source, (), set())) if root is not None else ()
+    except RecursionError:
+        raise ConfigError([ConfigIssue(source, None, "", "YAML nested too deeply")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = None if mark is None else mark.line + 1
@@ -64,7 +71,6 @@ def parse_yaml(text: str, source: str) -> YamlDocument:
         raise ConfigError([ConfigIssue(source, None, "", f"YAML error: {exc}")]) from None
     finally:
         loader.dispose()
-    issues = tuple(_duplicate_keys(root, source, ())) if root is not None else ()
     return YamlDocument(data=data, root=root, issues=issues)
 
 
@@ -113,10 +119,48 @@ def format_path(loc: Sequence[str | int]) -> str:
 
 def _key_matches(key_node: ScalarNode, part: str | int) -> bool:
     # Keys are compared as text: validation may turn a YAML int key (`5:`) into "5".
-    return key_node.value == str(part)
+    return str(key_node.value) == str(part)
 
 
-def _duplicate_keys(node: Node, source: str, path: tuple[str | int, ...]) -> list[ConfigIssue]:
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, MappingNode):
+        return [child for pair in node.value for child in pair]
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: Node, source: str) -> None:
+    """Refuse alias cycles and alias bombs, which would hang or exhaust validation."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def expanded_size(node: Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            line = node.start_mark.line + 1
+            raise ConfigError([ConfigIssue(source, line, "", "YAML alias refers to itself")])
+        open_nodes.add(key)
+        size = 1 + sum(expanded_size(child) for child in _children(node))
+        open_nodes.discard(key)
+        sizes[key] = size
+        return size
+
+    if expanded_size(root) > MAX_EXPANDED_NODES:
+        raise ConfigError(
+            [ConfigIssue(source, None, "", f"YAML expands to over {MAX_EXPANDED_NODES} values")]
+        )
+
+
+def _duplicate_keys(
+    node: Node, source: str, path: tuple[str | int, ...], seen: set[int]
+) -> list[ConfigIssue]:
+    # A node shared through an alias is checked once, at its first path.
+    if id(node) in seen:
+        return []
+    seen.add(id(node))
     issues: list[ConfigIssue] = []
     if isinstance(node, MappingNode):
         first_line: dict[str, int] = {}
@@ -136,8 +180,8 @@ def _duplicate_keys(node: Node, source: str, path: tuple[str | int, ...]) -> lis
                 )
             else:
                 first_line[key] = line
-            issues.extend(_duplicate_keys(value_node, source, (*path, key)))
+            issues.extend(_duplicate_keys(value_node, source, (*path, key), seen))
     elif isinstance(node, SequenceNode):
         for index, item in enumerate(node.value):
-            issues.extend(_duplicate_keys(item, source, (*path, index)))
+            issues.extend(_duplicate_keys(item, source, (*path, index), seen))
     return issues
