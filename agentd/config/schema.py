@@ -10,7 +10,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from agentd import __version__
 from agentd.config.validate import validate_document
@@ -56,7 +56,8 @@ class SipConfig(Section):
     )
     transport: Literal["udp", "tcp"] = Field("udp", description="SIP transport.")
     extension: SipUser = Field(description="User part we register as (our extension).")
-    auth_user: SipUser | None = Field(
+    # Digest user names may carry '@' and the like, so any one-line text is allowed.
+    auth_user: HeaderText | None = Field(
         None,
         description="Digest authentication user name.",
         json_schema_extra=_derived("extension"),
@@ -231,7 +232,7 @@ class AppConfig(Section):
 
     @field_validator("playback_file")
     @classmethod
-    def _playback_file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+    def _playback_file_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"file not found: '{value}'")
         return value
