@@ -281,15 +281,29 @@ class Baresip:
         return any(re.search(r"\sOK\s", line) for line in self.reginfo().splitlines()
                    if line.startswith(">"))
 
+    def registration_failed(self) -> bool:
+        """True once baresip logged a final error reply (3xx-6xx) to its REGISTER."""
+        pattern = rf"reg: sip:{re.escape(self.extension)}@\S+: [3-6]\d\d "
+        return re.search(pattern, self.log_text()) is not None
+
     def wait_registered(self, timeout: float = 10.0) -> bool:
-        """Poll until registered (True); False on timeout or a REGISTER_FAIL event."""
+        """Poll until registered (True); False on timeout or a final REGISTER failure."""
         deadline = time.monotonic() + timeout
         while True:
             if self.is_registered():
                 return True
-            if self.events("REGISTER_FAIL") or time.monotonic() >= deadline:
+            if (self.events("REGISTER_FAIL") or self.registration_failed()
+                    or time.monotonic() >= deadline):
                 return False
             self.poll_events(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def active_calls(self) -> int:
+        """Number of calls baresip lists (any state)."""
+        data = _ANSI_RE.sub("", str(self.command("listcalls").get("data", "")))
+        match = re.search(r"Active calls \((\d+)\)", data)
+        if match is None:
+            raise HarnessError(f"unexpected listcalls output: {data!r}")
+        return int(match.group(1))
 
     def _ok(self, line: str) -> dict[str, Any]:
         response = self.command(line)
