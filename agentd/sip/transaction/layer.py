@@ -284,7 +284,10 @@ class TransactionLayer:
         # The CANCEL's 200 should carry the same To tag as the INVITE's responses (§9.2).
         answer = response_to(cancel, 200, "OK", invite_tx.response_to_tag or local_tag(cancel))
         events = cancel_tx.respond(answer, now) or []
-        if invite_tx.state is TxState.PROCEEDING:
+        # Once per INVITE: a CANCEL copy arriving after its own transaction ended (at once on
+        # TCP, after timer J on UDP) is answered again but not reported again.
+        if invite_tx.state is TxState.PROCEEDING and not invite_tx.cancel_reported:
+            invite_tx.cancel_reported = True
             events.append(CancelReceived(cancel, invite_tx.id))
         return events
 

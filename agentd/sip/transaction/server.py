@@ -87,6 +87,18 @@ class ServerInviteTransaction(ServerTransaction):
     until its ACK (which arrives as AckReceived: a new branch matches no transaction).
     """
 
+    def __init__(
+        self,
+        tx_id: TransactionId,
+        request: SipRequest,
+        source: Address,
+        response_destination: Address,
+        reliable: bool,
+        config: TransactionConfig,
+    ) -> None:
+        super().__init__(tx_id, request, source, response_destination, reliable, config)
+        self.cancel_reported = False
+
     def start(self, now: float, announce: bool = True) -> list[Event]:
         self.state = TxState.PROCEEDING
         events: list[Event] = []
