@@ -4,12 +4,14 @@ CANCEL, RFC 2543 fallback, and randomised invariants."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentd.sip.message import Headers, SipRequest, SipResponse
+from agentd.sip.parser import parse_message
 from agentd.sip.transaction import (
     AckReceived,
     AckTimeout,
@@ -484,6 +486,23 @@ def test_rfc2543_matching_without_a_usable_branch(branch: str | None) -> None:
     assert layer.state(tx) is TxState.CONFIRMED
 
 
+@pytest.mark.parametrize("case", ["badbranch", "inv2543"])
+def test_rfc4475_torture_requests_match_by_rfc2543_rules(case: str) -> None:
+    data = (Path(__file__).parent / "torture" / f"{case}.sip").read_bytes()
+    if b"\r\n" not in data:
+        data = data.replace(b"\n", b"\r\n")
+    message = parse_message(data)
+    assert isinstance(message, SipRequest)
+    layer = TransactionLayer(TransactionConfig(trying_delay=None))
+    source = ("198.51.100.12", 5060)
+    (received,) = layer.receive(message, source, now=0.0)
+    assert isinstance(received, RequestReceived)
+    assert layer.receive(parse_message(data), source, now=0.5) == []  # absorbed copy
+    (sent,) = layer.send_response(reply(message, 486), now=1.0)
+    assert sent.transaction == received.server_tx and sent.destination == source
+    assert [e.data for e in layer.receive(parse_message(data), source, now=1.5)] == [sent.data]
+
+
 def test_rfc2543_cancel_finds_its_invite() -> None:
     layer = TransactionLayer()
     invite = request(branch=None)
@@ -584,6 +603,7 @@ def test_via_and_tag_parsing_edge_cases() -> None:
     assert via.branch == "z9hG4bKx"
     assert "rport" in via.params
     assert parse_via_value("SIP/2.0/UDP host:99999;branch=z9hG4bKx") is None
+    assert parse_via_value("SIP/2.0/UDP host;branch") is None
     assert parse_via_value("garbage") is None
     compact = Headers([("v", "SIP/2.0/UDP a.example;branch=z9hG4bK1, SIP/2.0/UDP b;branch=2")])
     top = top_via(compact)

@@ -1,36 +1,29 @@
-"""What identifies a transaction: top-Via parsing and the matching keys of RFC 3261 §17.1.3
-and §17.2.3, with the RFC 2543 fallback for branches without the magic cookie.
-
-The Via helper here is private to the transaction layer; `agentd.sip.uri.parse_via` is the
-general one.
-"""
+"""What identifies a transaction: the top Via and the matching keys of RFC 3261 §17.1.3
+and §17.2.3, with the RFC 2543 fallback for branches without the magic cookie."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from agentd.sip.message import Headers, parse_cseq_value
+from agentd.sip.uri import UriError, parse_via, tag_of
 
 MAGIC_COOKIE = "z9hG4bK"
-
-_SENT_PROTOCOL = re.compile(r"^\s*([^/\s]+)\s*/\s*([^/\s]+)\s*/\s*([^\s/]+)\s+(\S.*?)\s*$")
-_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::\s*(\d{1,5}))?$")
 
 
 @dataclass(frozen=True)
 class TopVia:
-    """The parts of a Via value the transaction layer needs."""
+    """The parts of a Via value the transaction layer needs (parsed by `uri.parse_via`)."""
 
     transport: str
     host: str
     port: int | None
-    params: dict[str, str] = field(default_factory=dict, compare=False)
+    params: dict[str, str | None] = field(default_factory=dict, compare=False)
     raw: str = ""
 
     @property
     def branch(self) -> str:
-        return self.params.get("branch", "")
+        return self.params.get("branch") or ""
 
     @property
     def sent_by(self) -> tuple[str, int | None]:
@@ -47,27 +40,11 @@ def is_rfc3261_branch(branch: str) -> bool:
 
 def parse_via_value(value: str) -> TopVia | None:
     """One Via value ('SIP/2.0/UDP host:port;branch=...'), or None when malformed."""
-    head, *param_parts = value.split(";")
-    matched = _SENT_PROTOCOL.match(head)
-    if matched is None:
+    try:
+        via = parse_via(value)
+    except UriError:
         return None
-    name, version, transport, sent_by = matched.groups()
-    if name.upper() != "SIP":
-        return None
-    host_port = _HOST_PORT.match(re.sub(r"\s*:\s*", ":", sent_by))
-    if host_port is None:
-        return None
-    host, port_text = host_port.groups()
-    port = int(port_text) if port_text else None
-    if port is not None and not 0 < port < 65536:
-        return None
-    params: dict[str, str] = {}
-    for part in param_parts:
-        pname, _, pvalue = part.partition("=")
-        pname = pname.strip().lower()
-        if pname:
-            params.setdefault(pname, pvalue.strip().strip('"'))
-    return TopVia(transport.upper(), host, port, params, " ".join(value.split()))
+    return TopVia(via.transport, via.host, via.port, dict(via.params), " ".join(value.split()))
 
 
 def top_via(headers: Headers) -> TopVia | None:
@@ -77,41 +54,8 @@ def top_via(headers: Headers) -> TopVia | None:
 
 
 def header_tag(value: str | None) -> str | None:
-    """The tag parameter of a From/To value, or None.
-
-    Parameters after a <>-enclosed URI belong to the header; without <>, everything after the
-    first ';' does (RFC 3261 §20.10). Quoted display names may hold '<', '>' and ';'.
-    """
-    if value is None:
-        return None
-    in_quotes = escaped = False
-    params_start = -1
-    for i, ch in enumerate(value):
-        if escaped:
-            escaped = False
-        elif in_quotes:
-            if ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_quotes = False
-        elif ch == '"':
-            in_quotes = True
-        elif ch == "<":
-            close = value.find(">", i)
-            if close < 0:
-                return None
-            params_start = value.find(";", close)
-            break
-        elif ch == ";":
-            params_start = i
-            break
-    if params_start < 0:
-        return None
-    for part in value[params_start + 1 :].split(";"):
-        pname, _, pvalue = part.partition("=")
-        if pname.strip().lower() == "tag":
-            return pvalue.strip() or None
-    return None
+    """The tag parameter of a From/To value; None when absent or the value is malformed."""
+    return tag_of(value)
 
 
 def client_key(headers: Headers) -> tuple[str, str] | None:
