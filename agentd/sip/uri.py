@@ -491,8 +491,13 @@ def parse_name_addr(text: str) -> NameAddr:
     if any(ch in _WS for ch in inner):
         raise UriError(f"whitespace inside <URI>: {text!r}")
     uri = parse_absolute_uri(inner)
-    params = _parse_header_params(text, end + 1)
-    return NameAddr(display, uri, params)
+    return NameAddr(display, uri, _checked(_parse_header_params(text, end + 1)))
+
+
+def _checked(params: Params) -> Params:
+    if "tag" in params and params["tag"] is None:
+        raise UriError("tag parameter without a value")
+    return params
 
 
 def _parse_addr_spec(text: str, i: int) -> NameAddr:
@@ -504,7 +509,7 @@ def _parse_addr_spec(text: str, i: int) -> NameAddr:
         raise UriError(f"addr-spec with ',', '?', space or quotes must be in <>: {text!r}")
     uri = parse_absolute_uri(raw_uri)
     params = _parse_header_params(text, semi) if semi >= 0 else Params()
-    return NameAddr(None, uri, params)
+    return NameAddr(None, uri, _checked(params))
 
 
 def parse_name_addr_list(text: str) -> list[NameAddr]:
