@@ -129,6 +129,11 @@ class Kamailio:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def sipdump_dir(self) -> Path:
+        """Where `-A WITH_SIPDUMP` writes every SIP message (text and pcap)."""
+        return self.run_dir / "sipdump"
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
@@ -140,6 +145,7 @@ class Kamailio:
         if self.running():
             return self
         self.ctl_socket.unlink(missing_ok=True)
+        self.sipdump_dir.mkdir(exist_ok=True)  # sipdump (-A WITH_SIPDUMP) does not create it
         argv = [self.kamailio_bin, "-f", str(self.config_path), "-DD", "-E",
                 "-Y", str(self.run_dir), "-w", str(self.run_dir),
                 "-P", str(self.run_dir / "kamailio.pid"), "-m", "64", "-M", "8"]

@@ -57,6 +57,12 @@ def kamailio(tmp_path: Path, port_allocator: PortAllocator) -> Iterator[Kamailio
 
 
 @pytest.fixture
+def sipp_available() -> None:
+    """Skips the test when SIPp is not installed."""
+    require_binaries(*SIPP_BINARIES)
+
+
+@pytest.fixture
 def phone_factory(tmp_path: Path, kamailio: Kamailio,
                   port_allocator: PortAllocator) -> Iterator[PhoneFactory]:
     """make(extension, tone_hz=440.0, register=True, **Baresip kwargs) -> started phone.

@@ -16,7 +16,7 @@ from tests.harness.kamailio import Kamailio
 from tests.harness.ports import PortAllocator
 from tests.harness.process import HarnessError
 
-from .conftest import PhoneFactory, require_binaries
+from .conftest import PhoneFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -173,8 +173,8 @@ def _sipp_uas(workdir: Path, ports: PortAllocator, kamailio: Kamailio, *, calls:
 
 
 def test_sipp_calls_through_kamailio(tmp_path: Path, kamailio: Kamailio,
-                                     port_allocator: PortAllocator) -> None:
-    require_binaries("sipp")
+                                     port_allocator: PortAllocator,
+                                     sipp_available: None) -> None:
     uas = _sipp_uas(tmp_path, port_allocator, kamailio, calls=3)
     try:
         sipp.prepare_pcap(tmp_path / "uac")
@@ -193,8 +193,8 @@ def test_sipp_calls_through_kamailio(tmp_path: Path, kamailio: Kamailio,
 
 def test_sipp_rtp_stream_reaches_phone(tmp_path: Path, kamailio: Kamailio,
                                        phone_factory: PhoneFactory,
-                                       port_allocator: PortAllocator) -> None:
-    require_binaries("sipp")
+                                       port_allocator: PortAllocator,
+                                       sipp_available: None) -> None:
     phone = phone_factory("3000", tone_hz=880.0)
     sipp.prepare_tone(tmp_path / "uac", 1000.0, level_dbfs=TONE_LEVEL_DBFS)
     result = sipp.Sipp(tmp_path / "uac", sipp.scenario("uac_rtp_stream"),
@@ -208,8 +208,8 @@ def test_sipp_rtp_stream_reaches_phone(tmp_path: Path, kamailio: Kamailio,
 
 def test_rtp_echoed_by_sipp_uas_returns_to_phone(tmp_path: Path, kamailio: Kamailio,
                                                  phone_factory: PhoneFactory,
-                                                 port_allocator: PortAllocator) -> None:
-    require_binaries("sipp")
+                                                 port_allocator: PortAllocator,
+                                                 sipp_available: None) -> None:
     uas = _sipp_uas(tmp_path, port_allocator, kamailio, calls=1)
     try:
         phone = phone_factory("2000", tone_hz=440.0)
