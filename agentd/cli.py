@@ -15,7 +15,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="On-prem, fully offline AI phone agent (a SIP extension on your PBX).",
     )
     parser.add_argument("--version", action="version", version=f"agentd {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser("run", help="register with the PBX and answer calls")
+    run.add_argument("-c", "--config", required=True, help="path to config.yaml")
+    commands.add_parser("config-reference", help="print every config key as a Markdown table")
     return parser
 
 
@@ -25,7 +28,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    if args.command == "config-reference":
+        from agentd.config import render_config_reference
+
+        print(render_config_reference())
+        return 0
+    if args.command == "run":
+        from agentd.config import ConfigError, load_config
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        from agentd.daemon import run as run_daemon
+
+        return run_daemon(config)
+    parser.error(f"unknown command {args.command}")
+    return 2
 
 
 if __name__ == "__main__":

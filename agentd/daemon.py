@@ -1,0 +1,111 @@
+"""`agentd run`: the long-running process — logging, the SIP user agent, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+
+from agentd.config import Config
+from agentd.linetest import echo_handler, playback_handler
+from agentd.sip.ua import UaSettings, UserAgent
+
+log = logging.getLogger("agentd")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """One line per event on stdout (journald adds the time and unit)."""
+    handler = logging.StreamHandler(sys.stdout)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def ua_settings(config: Config) -> UaSettings:
+    sip, media = config.sip, config.media
+    assert sip.password is not None and sip.domain is not None
+    return UaSettings(
+        extension=sip.extension,
+        registrar=(sip.registrar.host, sip.registrar.port),
+        domain=sip.domain,
+        auth_user=sip.auth_user or sip.extension,
+        password=sip.password.get_secret_value(),
+        local_host=str(sip.local_address),
+        local_port=sip.local_port,
+        transport=sip.transport,
+        register_expires=sip.register_expires,
+        registration_max_refresh=min(300.0, sip.register_expires),
+        display_name=sip.display_name,
+        user_agent=sip.user_agent,
+        trusted_sources=tuple(sip.trusted_sources or ()),
+        max_calls=sip.max_calls,
+        rate_per_second=sip.rate_limit.per_second,
+        rate_burst=sip.rate_limit.burst,
+        session_timer=sip.session_timer,
+        rtp_port_min=media.rtp_port_min,
+        rtp_port_max=media.rtp_port_max,
+        codecs=tuple(media.codecs),
+        dtmf_payload_type=media.dtmf_payload_type,
+        jitter_min_ms=media.jitter_min_ms,
+        jitter_max_ms=media.jitter_max_ms,
+    )
+
+
+def call_handler(config: Config):
+    app = config.app
+    transfers = dict(app.dtmf_transfer)
+    if app.mode == "playback":
+        assert app.playback_file is not None
+        return playback_handler(app.playback_file, transfers)
+    return echo_handler(app.echo_delay_ms, transfers)
+
+
+async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set); 0 on a clean stop."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    ua = UserAgent(ua_settings(config), call_handler(config))
+    try:
+        await ua.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", config.sip.local_address,
+                  config.sip.local_port, exc)
+        return 1
+    host, port = ua.local_address
+    log.info("agentd listening on %s:%s (%s), registering %s at %s:%s", host, port,
+             config.sip.transport, ua.aor, *ua.settings.registrar)
+    started = time.monotonic()
+    await stop.wait()
+    log.info("stopping after %.0f s", time.monotonic() - started)
+    await ua.stop()
+    return 0
+
+
+def run(config: Config) -> int:
+    setup_logging(config.log.level, config.log.format)
+    return asyncio.run(serve(config))

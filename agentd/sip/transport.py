@@ -1,0 +1,251 @@
+"""Asyncio SIP transports: UDP and TCP on one local address.
+
+The thin IO edge around the sans-IO core: bytes in, bytes out. Parsing happens here so each
+transport can frame its own way (one message per datagram on UDP; Content-Length framing on a
+TCP stream), and a message that cannot be parsed never reaches the core — it is counted and,
+where it is a request we can still answer, the caller's `on_malformed` decides what to send.
+
+TCP connections are reused (RFC 3261 §18): one connection per remote address, opened on demand
+by `send`, kept after an inbound connection so responses and in-dialog requests go back on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agentd.sip.message import SipRequest, SipResponse
+from agentd.sip.parser import SipParseError, StreamFramer, parse_message
+
+log = logging.getLogger("agentd.sip.transport")
+
+Address = tuple[str, int]
+SipMessage = SipRequest | SipResponse
+
+# A datagram larger than this is not SIP we want (RFC 3261 §18.1.1 suggests 1300 on UDP
+# without congestion control; we accept more but bound it).
+MAX_DATAGRAM = 65_535
+# Idle TCP connections we opened are closed after this long without traffic.
+TCP_IDLE_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A parsed message as it arrived."""
+
+    message: SipMessage
+    source: Address
+    transport: str  # "udp" | "tcp"
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport == "tcp"
+
+
+@dataclass
+class TransportStats:
+    received: int = 0
+    sent: int = 0
+    malformed: int = 0
+    send_errors: int = 0
+
+
+MessageHandler = Callable[[Inbound], None]
+MalformedHandler = Callable[[bytes, Address, str, SipParseError], None]
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: SipTransport) -> None:
+        self._owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self._owner._on_bytes(data, (addr[0], addr[1]), "udp")
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like: the transaction layer's timers handle it.
+        log.debug("udp error: %s", exc)
+
+
+class _TcpConnection(asyncio.Protocol):
+    def __init__(self, owner: SipTransport, remote: Address | None = None) -> None:
+        self._owner = owner
+        self._framer = StreamFramer()
+        self.remote: Address | None = remote
+        self.transport: asyncio.Transport | None = None
+        self.last_used = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if self.remote is None and peer:
+            self.remote = (peer[0], peer[1])
+        if self.remote is not None:
+            self._owner._tcp_connections.setdefault(self.remote, self)
+        self.last_used = asyncio.get_running_loop().time()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.remote is not None
+        self.last_used = asyncio.get_running_loop().time()
+        try:
+            messages = self._framer.feed(data)
+        except SipParseError as exc:
+            # A broken stream cannot be re-synchronised: drop the connection.
+            self._owner._count_malformed(data, self.remote, "tcp", exc)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for message in messages:
+            self._owner._deliver(Inbound(message, self.remote, "tcp"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.remote is not None and self._owner._tcp_connections.get(self.remote) is self:
+            del self._owner._tcp_connections[self.remote]
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.last_used = asyncio.get_running_loop().time()
+        self.transport.write(data)
+
+
+class SipTransport:
+    """UDP and (optionally) TCP listeners on one address, with a single inbound callback."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        on_message: MessageHandler,
+        *,
+        tcp: bool = True,
+        on_malformed: MalformedHandler | None = None,
+        max_message_size: int = MAX_DATAGRAM,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._on_message = on_message
+        self._on_malformed = on_malformed
+        self._tcp_enabled = tcp
+        self._max_size = max_message_size
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp_server: asyncio.base_events.Server | None = None
+        self._tcp_connections: dict[Address, _TcpConnection] = {}
+        self._connecting: dict[Address, asyncio.Future[_TcpConnection]] = {}
+        self.stats = TransportStats()
+
+    @property
+    def local_address(self) -> Address:
+        return (self.host, self.port)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        udp, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(self), local_addr=(self.host, self.port)
+        )
+        self._udp = udp
+        # Port 0 asks the OS; TCP then listens on the same number UDP got.
+        self.port = udp.get_extra_info("sockname")[1]
+        if self._tcp_enabled:
+            self._tcp_server = await loop.create_server(
+                lambda: _TcpConnection(self), host=self.host, port=self.port, reuse_address=True
+            )
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        for conn in list(self._tcp_connections.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        self._tcp_connections.clear()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+            await self._tcp_server.wait_closed()
+            self._tcp_server = None
+
+    def send(self, data: bytes, destination: Address, transport: str = "udp") -> None:
+        """Queue bytes for `destination`; TCP opens (or reuses) a connection."""
+        if transport == "tcp":
+            conn = self._tcp_connections.get(destination)
+            if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+                conn.write(data)
+                self.stats.sent += 1
+                return
+            asyncio.get_running_loop().create_task(self._send_tcp_later(data, destination))
+            return
+        if self._udp is None:
+            raise RuntimeError("transport is not started")
+        try:
+            self._udp.sendto(data, destination)
+            self.stats.sent += 1
+        except OSError as exc:
+            self.stats.send_errors += 1
+            log.warning("udp send to %s:%s failed: %s", destination[0], destination[1], exc)
+
+    async def _send_tcp_later(self, data: bytes, destination: Address) -> None:
+        try:
+            conn = await self._connect(destination)
+        except OSError as exc:
+            self.stats.send_errors += 1
+            log.warning("tcp connect to %s:%s failed: %s", destination[0], destination[1], exc)
+            return
+        conn.write(data)
+        self.stats.sent += 1
+
+    async def _connect(self, destination: Address) -> _TcpConnection:
+        pending = self._connecting.get(destination)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_TcpConnection] = loop.create_future()
+        self._connecting[destination] = future
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _TcpConnection(self, destination),
+                    host=destination[0],
+                    port=destination[1],
+                    local_addr=(self.host, 0),
+                ),
+                timeout=5.0,
+            )
+            future.set_result(conn)
+            return conn
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, OSError) else OSError(str(exc)))
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._connecting[destination]
+
+    # ---- inbound ---------------------------------------------------------------------------
+
+    def _on_bytes(self, data: bytes, source: Address, transport: str) -> None:
+        if len(data) > self._max_size:
+            self._count_malformed(data, source, transport, SipParseError("message too large"))
+            return
+        if not data.strip(b"\r\n"):
+            return  # CRLF keep-alive (RFC 5626 §3.5.1)
+        try:
+            message = parse_message(data)
+        except SipParseError as exc:
+            self._count_malformed(data, source, transport, exc)
+            return
+        self._deliver(Inbound(message, source, transport))
+
+    def _count_malformed(
+        self, data: bytes, source: Address, transport: str, exc: SipParseError
+    ) -> None:
+        self.stats.malformed += 1
+        log.info("malformed SIP from %s:%s (%s): %s", source[0], source[1], transport, exc)
+        if self._on_malformed is not None:
+            self._on_malformed(data, source, transport, exc)
+
+    def _deliver(self, inbound: Inbound) -> None:
+        self.stats.received += 1
+        try:
+            self._on_message(inbound)
+        except Exception:  # one bad message must never take the listener down
+            log.exception("error handling SIP message from %s:%s", *inbound.source)
