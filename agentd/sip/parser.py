@@ -272,7 +272,21 @@ def parse_message(
         raise SipParseError("message too deeply nested") from None
 
 
-_FIRST_LINE_RE = re.compile(rb"(?:SIP/|[A-Za-z0-9.!%*_+`'~-]+ )", re.IGNORECASE)
+_MAX_METHOD_LENGTH = 128  # a longer first token on a stream is taken for garbage
+_TOKEN_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+
+
+def _plausible_start(buf: bytearray) -> bool:
+    """Can `buf` begin a status line ("SIP/") or a request line (token SP)?"""
+    head = bytes(buf[:4]).upper()
+    if b"SIP/"[: len(head)] == head:
+        return True
+    i = 0
+    while i < len(buf) and buf[i] in _TOKEN_BYTES:
+        i += 1
+    if i > _MAX_METHOD_LENGTH:
+        return False
+    return i == len(buf) or (i > 0 and buf[i] == 0x20)
 
 
 class StreamFramer:
@@ -348,8 +362,7 @@ class StreamFramer:
         if not buf or buf == b"\r":
             return None
         self._crlfs = 0
-        line_end = buf.find(_CRLF)
-        if (line_end >= 0 or len(buf) > 64) and not _FIRST_LINE_RE.match(buf):
+        if not _plausible_start(buf):
             raise _Fatal("garbage on the stream")
         end = buf.find(_HEAD_END, self._scanned)
         if end < 0:
