@@ -1,0 +1,47 @@
+# Sourced by tools/test and tools/demo: install what agentd and its loopback testbed need on a
+# fresh Debian 12 machine. Idempotent: Debian packages already present are skipped, the venv
+# at .venv is reused, and pip runs again only when pyproject.toml changed (its wheel cache is
+# kept between runs). Needs: the repository root as the working directory.
+
+# Debian packages: the real PBX, phones and load generator the interop tests and the demo
+# start on loopback, and the voices/tools the speech tests use.
+AGENTD_APT_PACKAGES=(
+    python3-venv
+    kamailio kamailio-extra-modules
+    baresip-core
+    sip-tester
+    espeak-ng sox
+)
+
+agentd_setup() {
+    local extras=${1:-test}
+    local missing=() pkg
+    for pkg in "${AGENTD_APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "setup: installing Debian packages: ${missing[*]}"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        export DEBIAN_FRONTEND=noninteractive
+        $sudo apt-get update -qq
+        # baresip without recommends: its GUI/sound stack is not needed on loopback.
+        $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+
+    local python=${PYTHON:-python3}
+    if [ ! -x .venv/bin/python ]; then
+        echo "setup: creating .venv with $($python --version)"
+        $python -m venv .venv
+    fi
+    local stamp=.venv/.agentd-install-stamp
+    local want
+    want="$extras:$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        echo "setup: installing Python packages into .venv ([$extras])"
+        .venv/bin/python -m pip install -q --upgrade pip
+        .venv/bin/python -m pip install -q -e ".[$extras]"
+        echo "$want" > "$stamp"
+    fi
+}
