@@ -192,18 +192,18 @@ def _check_fields(headers: Headers, method: str | None) -> None:
 
 
 def _content_length(headers: Headers) -> int | None:
-    """The one Content-Length; identical duplicates are folded into the first field."""
+    """The one Content-Length, normalised in place ("045" -> "45", identical duplicates
+    folded into the first field) since `to_bytes` re-states it that way: round trips stay exact.
+    """
     values = headers.get_all("Content-Length")
     if not values:
         return None
     lengths = {_digits(v, 10**_MAX_LENGTH_DIGITS - 1, "Content-Length") for v in values}
     if len(lengths) > 1:
         raise _Bad("several differing Content-Length values")
-    if len(values) > 1:
-        first = values[0]
-        headers.remove("Content-Length")
-        headers.add("Content-Length", first)  # position is re-stated by to_bytes anyway
-    return lengths.pop()
+    length = lengths.pop()
+    headers.set("Content-Length", str(length))
+    return length
 
 
 def _looks_like_response(data: bytes) -> bool:
