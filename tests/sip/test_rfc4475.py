@@ -16,7 +16,14 @@ import pytest
 
 from agentd.sip.message import SipMessage, SipRequest, SipResponse
 from agentd.sip.parser import SipParseError, parse_message
-from agentd.sip.uri import AbsoluteUri, SipUri, parse_name_addr, parse_name_addr_list, parse_via
+from agentd.sip.uri import (
+    AbsoluteUri,
+    SipUri,
+    parse_name_addr,
+    parse_name_addr_list,
+    parse_uri,
+    parse_via,
+)
 from agentd.sip.validate import check_request
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "rfc4475"
@@ -60,8 +67,6 @@ def _na(msg: SipMessage, name: str):
 
 
 def _uri(msg: SipRequest) -> SipUri:
-    from agentd.sip.uri import parse_uri
-
     return parse_uri(msg.uri)
 
 
