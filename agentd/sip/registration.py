@@ -166,7 +166,9 @@ class Registration:
 
     def _failed(self, now: float, reason: str) -> None:
         failures = self._state.failures + 1
-        delay = min(self.config.backoff_max, self.config.backoff_min * 2 ** (failures - 1))
+        # The exponent is capped: 2.0 * 2**1100 overflows a float after days of failures.
+        delay = min(self.config.backoff_max,
+                    self.config.backoff_min * 2.0 ** min(failures - 1, 60))
         self._next_at = None if self._stopping else now + delay
         self._state = RegistrationState(
             RegistrationStatus.FAILING, reason=reason, retry_at=self._next_at, failures=failures
