@@ -16,6 +16,7 @@ from agentd.sip.uri import SipUri, UriError, parse_uri
 _SIPFRAG_STATUS = re.compile(rb"^\s*SIP/2\.0\s+([1-6]\d\d)(?:\s+([^\r\n]*))?")
 _SUBSCRIPTION_STATE = re.compile(r"^\s*([A-Za-z-]+)")
 _HEADER_SAFE = re.compile(r"[^A-Za-z0-9 .,:_/+=@-]")
+_URI_UNSAFE = re.compile(r"[^A-Za-z0-9._~-]")
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,23 @@ def sanitize_header_text(text: str, limit: int = 200) -> str:
     return _HEADER_SAFE.sub("", text.replace("\n", " ").replace("\r", " "))[:limit].strip()
 
 
+def _uui_payload(call_ref: str, reason: str) -> str:
+    return f"{call_ref};{reason}".encode("utf-8")[:128].hex()
+
+
 def user_to_user_value(call_ref: str, reason: str) -> str:
-    """RFC 7433 User-to-User value: hex-encoded 'ref;reason' with encoding=hex."""
-    payload = f"{call_ref};{reason}".encode("utf-8")[:128]
-    return f"{payload.hex()};encoding=hex"
+    """RFC 7433 User-to-User header value: hex-encoded 'ref;reason' with encoding=hex."""
+    return f"{_uui_payload(call_ref, reason)};encoding=hex"
+
+
+def uri_header_text(text: str, limit: int = 120) -> str:
+    """Text for a Refer-To URI header that needs no %-escape at all.
+
+    Transferees copy Refer-To URI headers into their INVITE, and some (baresip 1.0) mangle
+    %-escapes on the way, so the reason travels as unreserved characters only ('_' for the
+    rest); the exact text also goes in the hex-encoded User-to-User header.
+    """
+    return _URI_UNSAFE.sub("_", text.strip())[:limit]
 
 
 def build_refer_to(
@@ -58,11 +72,13 @@ def build_refer_to(
         uri = SipUri(scheme="sip", user=target, host=domain)
     headers = dict(uri.headers)
     if reason:
-        headers["X-Agentd-Reason"] = sanitize_header_text(reason)
+        headers["X-Agentd-Reason"] = uri_header_text(reason)
     if call_ref:
-        headers["X-Agentd-Call-Ref"] = sanitize_header_text(call_ref, 64)
+        headers["X-Agentd-Call-Ref"] = uri_header_text(call_ref, 64)
     if reason or call_ref:
-        headers["User-to-User"] = user_to_user_value(call_ref or "", reason or "")
+        # RFC 7433: hex is the default encoding, so the value needs no ';encoding=hex'
+        # (whose ';' and '=' would have to be escaped inside a URI header).
+        headers["User-to-User"] = _uui_payload(call_ref or "", reason or "")
     uri = SipUri(uri.scheme, uri.user, uri.password, uri.host, uri.port, uri.params, headers)
     return f"<{uri}>"
 

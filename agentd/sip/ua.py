@@ -383,7 +383,8 @@ class UserAgent:
         return self._legs.get((call_id, to_tag or ""))
 
     def _on_request(self, request: SipRequest, source: Address, server_tx: TransactionId) -> None:
-        rejection = check_request(request)
+        # Only extensions we really implement: session timers (RFC 4028).
+        rejection = check_request(request, supported_extensions=frozenset({"timer"}))
         if rejection is not None:
             self.stats.requests_rejected += 1
             self.respond(
