@@ -159,9 +159,12 @@ class CallLeg:
         )
         self._local_sdp = answer
         self._apply_media(negotiated)
+        # RFC 3261 §12.1.1: dialog-creating responses carry the request's Record-Route, or a
+        # record-routing proxy cannot route the caller's in-dialog requests (BYE) back to us.
+        record_route = [("Record-Route", value) for value in invite.headers.values("Record-Route")]
         self.ua.respond(invite, self.invite_tx, 180, "Ringing", to_tag=self.local_tag,
-                        headers=[("Contact", self.ua.contact)])
-        headers = [("Contact", self.ua.contact)]
+                        headers=[*record_route, ("Contact", self.ua.contact)])
+        headers = [*record_route, ("Contact", self.ua.contact)]
         if interval:
             refresher = self._refresher_param()
             headers.append(("Session-Expires", f"{interval};refresher={refresher}"))
