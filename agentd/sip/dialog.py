@@ -48,6 +48,10 @@ class Dialog:
             target = parse_name_addr(contacts[0]).uri
         except UriError as exc:
             raise DialogError(f"bad From/To/Contact: {exc}") from exc
+        # In-dialog requests go to the Contact, so it must be a SIP URI with a host.
+        if not isinstance(target, SipUri) or target.scheme not in ("sip", "sips") \
+                or not target.host:
+            raise DialogError(f"Contact {contacts[0]!r} is not a SIP URI")
         remote_tag = remote.params.pop("tag", None)
         local.params.pop("tag", None)
         return cls(

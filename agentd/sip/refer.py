@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from agentd.sip.uri import SipUri, UriError, parse_uri
 
-_SIPFRAG_STATUS = re.compile(rb"^\s*SIP/2\.0\s+([1-6]\d\d)(?:\s+([^\r\n]*))?")
+# The status code must end at a space or line end: "SIP/2.0 2000" is junk, not a 200.
+_SIPFRAG_STATUS = re.compile(rb"^\s*SIP/2\.0 +([1-6]\d\d)(?:[ \t]+([^\r\n]*))?(?:\r?\n|$)")
 _SUBSCRIPTION_STATE = re.compile(r"^\s*([A-Za-z-]+)")
 _HEADER_SAFE = re.compile(r"[^A-Za-z0-9 .,:_/+=@-]")
 _URI_UNSAFE = re.compile(r"[^A-Za-z0-9._~-]")

@@ -25,6 +25,8 @@ def is_trusted(host: str, networks: Iterable[Network]) -> bool:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack socket names IPv4 peers ::ffff:a.b.c.d
     return any(address in network for network in networks)
 
 
@@ -57,7 +59,7 @@ class RateLimiter:
             self._buckets.move_to_end(source)
             elapsed = max(0.0, now - bucket.updated)
             bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.per_second)
-            bucket.updated = now
+            bucket.updated = max(bucket.updated, now)  # an earlier `now` must not earn tokens
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return True
