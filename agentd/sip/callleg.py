@@ -489,8 +489,14 @@ class CallLeg:
         if self.ended.is_set() or self.dialog is None:
             return TransferResult(False, 0, "call has ended")
         try:
-            refer_to = build_refer_to(target, domain=self.ua.settings.domain, reason=reason,
-                                      call_ref=self.reference)
+            settings = self.ua.settings
+            # An extension lives on the PBX: when the PBX is our domain but listens on another
+            # port than 5060, say so, or the transferee dials the domain's port 5060.
+            registrar_host, registrar_port = settings.registrar
+            port = registrar_port if (registrar_host.lower() == settings.domain.lower()
+                                      and registrar_port != 5060) else None
+            refer_to = build_refer_to(target, domain=settings.domain, reason=reason,
+                                      call_ref=self.reference, port=port)
         except ValueError as exc:
             return TransferResult(False, 0, str(exc))
         while not self._transfer_progress.empty():  # progress of an earlier attempt

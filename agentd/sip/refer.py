@@ -62,15 +62,20 @@ def uri_header_text(text: str, limit: int = 120) -> str:
 
 
 def build_refer_to(
-    target: str, *, domain: str, reason: str | None, call_ref: str | None
+    target: str, *, domain: str, reason: str | None, call_ref: str | None,
+    port: int | None = None,
 ) -> str:
-    """The Refer-To value for `target` (an extension like '4000' or a SIP URI)."""
+    """The Refer-To value for `target` (an extension like '4000' or a SIP URI).
+
+    An extension becomes sip:<ext>@<domain>[:<port>]; `port` is for a PBX that is the domain
+    but not on 5060, since transferees route the Refer-To URI as it is.
+    """
     try:
         uri = parse_uri(target) if ":" in target else None
     except UriError as exc:
         raise ValueError(f"bad transfer target {target!r}: {exc}") from exc
     if uri is None:
-        uri = SipUri(scheme="sip", user=target, host=domain)
+        uri = SipUri(scheme="sip", user=target, host=domain, port=port)
     headers = dict(uri.headers)
     if reason:
         headers["X-Agentd-Reason"] = uri_header_text(reason)
