@@ -88,47 +88,72 @@ class MediaClock:
     """One shared 20 ms ticker calling every subscriber on each tick.
 
     Subscribers are plain callables taking the `Tick` and the loop time; they must be quick
-    and must not block. The ticker task runs only while there are subscribers; an exception
-    in one subscriber is logged and does not affect the others.
+    and must not block. On each tick all phase-0 subscribers run, then all phase-1 ones and
+    so on: sessions send in phase 0, so every packet leaves before any receive-side work.
+    The ticker task runs only while there are subscribers; an exception in one subscriber
+    is logged and does not affect the others.
+
+    The event loop's timers wake up to ~1 ms late (epoll has millisecond timeouts). With
+    `spin` > 0 the clock sleeps until `spin` seconds before each tick and busy-waits the
+    rest, for sub-millisecond ticks at a cost of up to `spin` of CPU per tick for the whole
+    process: worth it for a clock shared by many sessions, not for one clock per session.
     """
 
-    def __init__(self, interval: float = 0.02, max_burst: int = 3) -> None:
+    def __init__(self, interval: float = 0.02, max_burst: int = 3, spin: float = 0.0) -> None:
+        if not 0.0 <= spin < interval:
+            raise ValueError("spin must be in [0, interval)")
         self.interval = interval
         self.max_burst = max_burst
-        self._subscribers: dict[int, Callable[[Tick, float], None]] = {}
+        self.spin = spin
+        self._phases: dict[int, dict[int, Callable[[Tick, float], None]]] = {}
         self._next_key = 0
         self._task: asyncio.Task[None] | None = None
         self.skipped = 0
 
-    def subscribe(self, callback: Callable[[Tick, float], None]) -> int:
-        """Start calling `callback` every tick; returns a key for `unsubscribe`."""
+    def subscribe(self, callback: Callable[[Tick, float], None], phase: int = 0) -> int:
+        """Start calling `callback` every tick in `phase`; returns a key for `unsubscribe`."""
         key = self._next_key
         self._next_key += 1
-        self._subscribers[key] = callback
+        self._phases.setdefault(phase, {})[key] = callback
+        self._phases = dict(sorted(self._phases.items()))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="media-clock")
         return key
 
     def unsubscribe(self, key: int) -> None:
         """Stop calling the subscriber; the ticker stops when none are left."""
-        self._subscribers.pop(key, None)
-        if not self._subscribers and self._task is not None:
+        for callbacks in self._phases.values():
+            callbacks.pop(key, None)
+        if not self.subscribers and self._task is not None:
             self._task.cancel()
             self._task = None
 
     @property
     def subscribers(self) -> int:
-        return len(self._subscribers)
+        return sum(len(callbacks) for callbacks in self._phases.values())
 
     async def _run(self) -> None:
-        async for tick in ticks(self.interval, max_burst=self.max_burst):
-            self.skipped += tick.skipped
-            now = asyncio.get_running_loop().time()
-            # Copy: a subscriber may unsubscribe (close its session) during the tick.
-            for callback in list(self._subscribers.values()):
-                try:
-                    callback(tick, now)
-                except Exception:  # one broken session must not stop the others
-                    _log.exception("media clock subscriber failed")
-            if not self._subscribers:
+        loop = asyncio.get_running_loop()
+        pacer = Pacer(loop.time(), self.interval, self.max_burst)
+        while True:
+            deadline = pacer.deadline()
+            delay = deadline - loop.time() - self.spin
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self.spin:
+                # Bounded busy-wait: the sleep above ended at most ~spin before the deadline.
+                limit = loop.time() + self.spin
+                while (now := loop.time()) < deadline and now < limit:
+                    pass
+            for tick in pacer.due(loop.time()):
+                self.skipped += tick.skipped
+                now = loop.time()
+                # Copy: a subscriber may unsubscribe (close its session) during the tick.
+                for callbacks in list(self._phases.values()):
+                    for callback in list(callbacks.values()):
+                        try:
+                            callback(tick, now)
+                        except Exception:  # one broken session must not stop the others
+                            _log.exception("media clock subscriber failed")
+            if not self.subscribers:
                 return

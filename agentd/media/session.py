@@ -6,18 +6,21 @@ audio to the `JitterBuffer` (decoded there with G.711 at playout), telephone eve
 delivers a steady 160-sample int16 frame every 20 ms from `start()` on: silence before the
 first packet, concealment when packets are missing.
 
-Send: `send(pcm)` queues audio; every tick one 20 ms packet goes out (queued audio, a key
-press from `send_dtmf`, or encoded silence when there is nothing to say), so the stream never
-stalls and timestamps stay continuous. The marker bit flags the first packet of each
-talkspurt. `played_samples` counts queued audio that went on the wire.
+Send: `send(pcm)` encodes and queues audio; every tick one 20 ms packet goes out (queued
+audio, a key press from `send_dtmf` (ahead of queued audio), or encoded silence when there is
+nothing to say), so the stream never stalls and timestamps stay continuous. The marker bit
+flags the first packet of each talkspurt. `played_samples` counts queued audio that went on
+the wire; `flush()` drops the rest at once. A recorder, if given, gets caller frames as
+played out and agent frames as sent (decoded back from G.711: what the caller hears).
 
 Symmetric RTP: we send to, and accept packets only from, the first source that sends us
 valid RTP (our codec or DTMF payload type). If that was not the address given in SDP and the
 SDP address sends later, we move to the SDP address once, for good. `set_remote` (a
 re-INVITE) forgets the latch.
 
-Pacing: all sessions given the same `MediaClock` tick together from one timer; without one,
-a session makes its own.
+Pacing: all sessions given the same `MediaClock` tick together from one timer (every
+session's packet is sent in phase 0, then receive-side work runs in phase 1); without one, a
+session makes its own. One shared clock per process is the way to run many calls.
 """
 
 from __future__ import annotations
@@ -127,10 +130,11 @@ class RtpSession:
         self.payload_type = payload_type
         self.dtmf_payload_type = dtmf_payload_type
         self.recorder = recorder
-        self._encode, decode, silence_byte = _CODECS[payload_type]
+        self._encode, self._decode, silence_byte = _CODECS[payload_type]
+        self._silence_byte = silence_byte
         self._silence_payload = silence_byte * FRAME_SAMPLES
         self._clock = clock if clock is not None else MediaClock()
-        self._clock_key: int | None = None
+        self._clock_keys: list[int] = []
         self._transport: asyncio.DatagramTransport | None = None
         self._closed = False
 
@@ -141,21 +145,24 @@ class RtpSession:
             self.set_remote(remote)
 
         # Receive side.
-        self.jitter_buffer = jitter_buffer or JitterBuffer(decode, frame_samples=FRAME_SAMPLES)
+        self.jitter_buffer = jitter_buffer or JitterBuffer(
+            self._decode, frame_samples=FRAME_SAMPLES
+        )
         self._dtmf_receiver = DtmfReceiver()
         self._frames: deque[Frame] = deque()
         self._frame_limit = max(1, frame_queue)
-        self._frames_ready = asyncio.Event()
+        self._frames_waiter: asyncio.Future[None] | None = None
         self._digits: deque[DtmfDigit] = deque()
-        self._digits_ready = asyncio.Event()
+        self._digits_waiter: asyncio.Future[None] | None = None
 
         # Send side.
         self.ssrc = secrets.randbits(32) if ssrc is None else ssrc
         self._seq = secrets.randbits(16)
         self._ts = secrets.randbits(32)
-        self._send_chunks: deque[np.ndarray] = deque()
-        self._head_offset = 0
-        self._queued = 0
+        # Audio is G.711-encoded as it is queued (one byte per sample, vectorised over the
+        # whole chunk), so a tick only slices 160 bytes off the front.
+        self._send_buf = bytearray()
+        self._send_pos = 0
         self._played = 0
         self._talking = False
         self._dtmf_out: deque[tuple[bytes, bool]] = deque()
@@ -186,23 +193,27 @@ class RtpSession:
         )
         self._transport = transport
         self.local_port = transport.get_extra_info("sockname")[1]
-        self._clock_key = self._clock.subscribe(self._on_tick)
+        # Phase 0 sends for every session sharing the clock before any receive-side work.
+        self._clock_keys = [
+            self._clock.subscribe(self._send_phase, phase=0),
+            self._clock.subscribe(self._receive_phase, phase=1),
+        ]
 
     def close(self) -> None:
         """Stop sending and receiving and end the iterators; safe to call again."""
         if self._closed:
             return
         self._closed = True
-        if self._clock_key is not None:
-            self._clock.unsubscribe(self._clock_key)
-            self._clock_key = None
+        for key in self._clock_keys:
+            self._clock.unsubscribe(key)
+        self._clock_keys = []
         if self._transport is not None:
             self._transport.close()
         last = self._dtmf_receiver.flush()
         if last is not None:
             self._push_digit(last)
-        self._frames_ready.set()
-        self._digits_ready.set()
+        self._wake_frames()
+        self._wake_digits()
 
     @property
     def closed(self) -> bool:
@@ -256,8 +267,8 @@ class RtpSession:
             elif self._closed:
                 return
             else:
-                self._frames_ready.clear()
-                await self._frames_ready.wait()
+                self._frames_waiter = asyncio.get_running_loop().create_future()
+                await self._frames_waiter
 
     async def dtmf(self) -> AsyncIterator[DtmfDigit]:
         """Key presses received (RFC 4733), each once, until close()."""
@@ -267,8 +278,8 @@ class RtpSession:
             elif self._closed:
                 return
             else:
-                self._digits_ready.clear()
-                await self._digits_ready.wait()
+                self._digits_waiter = asyncio.get_running_loop().create_future()
+                await self._digits_waiter
 
     def _on_datagram(self, data: bytes, addr: Address) -> None:
         try:
@@ -303,14 +314,28 @@ class RtpSession:
     def _push_digit(self, digit: DtmfDigit) -> None:
         self._dtmf_received += 1
         self._digits.append(digit)
-        self._digits_ready.set()
+        self._wake_digits()
+
+    def _wake_frames(self) -> None:
+        waiter = self._frames_waiter
+        if waiter is not None:
+            self._frames_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_digits(self) -> None:
+        waiter = self._digits_waiter
+        if waiter is not None:
+            self._digits_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     # -- send ---------------------------------------------------------------------------
 
     @property
     def queued_samples(self) -> int:
         """Samples queued by send() and not yet sent."""
-        return self._queued
+        return len(self._send_buf) - self._send_pos
 
     @property
     def played_samples(self) -> int:
@@ -322,67 +347,48 @@ class RtpSession:
         pcm = np.asarray(pcm)
         if pcm.dtype != np.int16:
             raise TypeError(f"send() takes int16 PCM, got {pcm.dtype}")
-        pcm = pcm.reshape(-1)
         if pcm.size and not self._closed:
-            self._send_chunks.append(pcm.copy())
-            self._queued += pcm.size
+            self._send_buf += self._encode(pcm.reshape(-1))
 
     def flush(self) -> int:
         """Drop all queued audio at once (barge-in); returns how many samples were dropped."""
-        dropped = self._queued
-        self._send_chunks.clear()
-        self._head_offset = 0
-        self._queued = 0
+        dropped = self.queued_samples
+        self._send_buf = bytearray()
+        self._send_pos = 0
         return dropped
 
     def send_dtmf(self, digit: str, duration_ms: int = 100) -> None:
-        """Send one key press (RFC 4733) in place of audio; queued audio waits meanwhile."""
+        """Send one key press (RFC 4733) ahead of queued audio, which waits meanwhile."""
         if self.dtmf_payload_type is None:
             raise RuntimeError("no telephone-event payload type negotiated")
         self._dtmf_pending.append(dtmf_payloads(digit, duration_ms=duration_ms))
 
-    def _take(self, n: int) -> np.ndarray:
-        """Up to n samples from the front of the send queue."""
-        parts = []
-        need = n
-        while need and self._send_chunks:
-            head = self._send_chunks[0]
-            piece = head[self._head_offset : self._head_offset + need]
-            parts.append(piece)
-            need -= piece.size
-            self._head_offset += piece.size
-            if self._head_offset >= head.size:
-                self._send_chunks.popleft()
-                self._head_offset = 0
-        taken = n - need
-        self._queued -= taken
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    def _take_payload(self) -> tuple[bytes, int]:
+        """One packet's payload from the send queue, padded with silence; and its sample count."""
+        start = self._send_pos
+        end = min(start + FRAME_SAMPLES, len(self._send_buf))
+        payload = bytes(self._send_buf[start:end])
+        if end >= len(self._send_buf):
+            self._send_buf = bytearray()
+            self._send_pos = 0
+        else:
+            self._send_pos = end
+            if end > 65536:  # compact now and then, not on every packet
+                del self._send_buf[:end]
+                self._send_pos = 0
+        count = len(payload)
+        if count < FRAME_SAMPLES:
+            payload += self._silence_byte * (FRAME_SAMPLES - count)
+        return payload, count
 
     # -- per tick -----------------------------------------------------------------------
 
-    def _on_tick(self, tick: Tick, now: float) -> None:
+    def _send_phase(self, tick: Tick, now: float) -> None:
         if self._closed:
             return
         if tick.skipped:
-            # Ticks the loop missed: keep playout in step; the send clock jumps over them.
-            self._ticks_skipped += tick.skipped
-            for _ in range(min(tick.skipped, 50)):
-                self._receive_tick(now)
+            # Ticks the loop missed: the send clock jumps over them (no burst).
             self._ts = (self._ts + tick.skipped * FRAME_SAMPLES) & 0xFFFFFFFF
-        self._receive_tick(now)
-        self._send_tick(now)
-
-    def _receive_tick(self, now: float) -> None:
-        frame = self.jitter_buffer.get(now)
-        if len(self._frames) >= self._frame_limit:
-            self._frames.popleft()
-            self._frames_dropped += 1
-        self._frames.append(frame)
-        self._frames_ready.set()
-        if self.recorder is not None:
-            self.recorder.write_caller(frame.pcm, now)
-
-    def _send_tick(self, now: float) -> None:
         ts = self._ts
         self._ts = (ts + FRAME_SAMPLES) & 0xFFFFFFFF
         if not self._dtmf_out and self._dtmf_pending:
@@ -394,21 +400,39 @@ class RtpSession:
             self._dtmf_sent += 1
             self._talking = False
             return
-        if self._queued:
-            pcm = self._take(FRAME_SAMPLES)
-            sent = pcm.size
-            if sent < FRAME_SAMPLES:
-                pcm = np.concatenate([pcm, np.zeros(FRAME_SAMPLES - sent, np.int16)])
+        if self._send_pos < len(self._send_buf):
+            payload, count = self._take_payload()
             marker = not self._talking
             self._talking = True
-            if self._emit(self.payload_type, marker, ts, self._encode(pcm)):
-                self._played += sent
+            if self._emit(self.payload_type, marker, ts, payload):
+                self._played += count
             self._audio_sent += 1
             if self.recorder is not None:
-                self.recorder.write_agent(pcm, now)
+                # What the caller hears: the encoded audio, decoded again.
+                self.recorder.write_agent(self._decode(payload[:count]), now)
             return
         self._talking = False
         self._emit(self.payload_type, False, ts, self._silence_payload)
+
+    def _receive_phase(self, tick: Tick, now: float) -> None:
+        if self._closed:
+            return
+        if tick.skipped:
+            # Keep playout in step with the sender's clock across missed ticks.
+            self._ticks_skipped += tick.skipped
+            for _ in range(min(tick.skipped, 50)):
+                self._receive_tick(now)
+        self._receive_tick(now)
+
+    def _receive_tick(self, now: float) -> None:
+        frame = self.jitter_buffer.get(now)
+        if len(self._frames) >= self._frame_limit:
+            self._frames.popleft()
+            self._frames_dropped += 1
+        self._frames.append(frame)
+        self._wake_frames()
+        if self.recorder is not None:
+            self.recorder.write_caller(frame.pcm, now)
 
     def _emit(self, pt: int, marker: bool, ts: int, payload: bytes) -> bool:
         """Send one packet to the current remote; False if there is nowhere to send it."""

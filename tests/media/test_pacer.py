@@ -96,8 +96,28 @@ async def test_media_clock_calls_each_subscriber_every_tick_and_stops_when_empty
     assert calls["b"][: len(calls["a"])] == calls["a"]
     assert calls["a"] == list(range(calls["a"][0], calls["a"][0] + len(calls["a"])))
     assert clock.subscribers == 1
-    for key in list(clock._subscribers):
+    for key in [k for callbacks in clock._phases.values() for k in callbacks]:
         clock.unsubscribe(key)
     assert clock.subscribers == 0
     await asyncio.sleep(0.05)
     assert clock._task is None
+
+
+async def test_media_clock_runs_phases_in_order_each_tick() -> None:
+    clock = MediaClock(spin=0.001)
+    order: list[tuple[int, str]] = []
+    keys = [
+        clock.subscribe(lambda tick, now: order.append((tick.index, "late")), phase=1),
+        clock.subscribe(lambda tick, now: order.append((tick.index, "early")), phase=0),
+    ]
+    await asyncio.sleep(0.1)
+    for key in keys:
+        clock.unsubscribe(key)
+    assert len(order) >= 6
+    for i in range(0, len(order) - 1, 2):
+        assert order[i][1] == "early" and order[i + 1] == (order[i][0], "late")
+
+
+def test_media_clock_rejects_a_spin_longer_than_the_interval() -> None:
+    with pytest.raises(ValueError):
+        MediaClock(interval=0.02, spin=0.02)
