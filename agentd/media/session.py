@@ -151,9 +151,10 @@ class RtpSession:
         self._dtmf_receiver = DtmfReceiver()
         self._frames: deque[Frame] = deque()
         self._frame_limit = max(1, frame_queue)
-        self._frames_waiter: asyncio.Future[None] | None = None
+        # Consumers parked in frames()/dtmf(); a bare future each is cheaper than an Event.
+        self._frames_waiters: list[asyncio.Future[None]] = []
         self._digits: deque[DtmfDigit] = deque()
-        self._digits_waiter: asyncio.Future[None] | None = None
+        self._digits_waiters: list[asyncio.Future[None]] = []
 
         # Send side.
         self.ssrc = secrets.randbits(32) if ssrc is None else ssrc
@@ -255,7 +256,11 @@ class RtpSession:
     # -- receive ------------------------------------------------------------------------
 
     async def frames(self) -> AsyncIterator[np.ndarray]:
-        """Received audio: one int16 frame of 160 samples per 20 ms tick, until close()."""
+        """Received audio: one int16 frame of 160 samples per 20 ms tick, until close().
+
+        Frames queue up (at most `frame_queue`, oldest dropped) while nobody iterates; with
+        several iterators each frame goes to one of them.
+        """
         async for frame in self.frames_info():
             yield frame.pcm
 
@@ -267,8 +272,9 @@ class RtpSession:
             elif self._closed:
                 return
             else:
-                self._frames_waiter = asyncio.get_running_loop().create_future()
-                await self._frames_waiter
+                waiter = asyncio.get_running_loop().create_future()
+                self._frames_waiters.append(waiter)
+                await waiter
 
     async def dtmf(self) -> AsyncIterator[DtmfDigit]:
         """Key presses received (RFC 4733), each once, until close()."""
@@ -278,8 +284,9 @@ class RtpSession:
             elif self._closed:
                 return
             else:
-                self._digits_waiter = asyncio.get_running_loop().create_future()
-                await self._digits_waiter
+                waiter = asyncio.get_running_loop().create_future()
+                self._digits_waiters.append(waiter)
+                await waiter
 
     def _on_datagram(self, data: bytes, addr: Address) -> None:
         try:
@@ -317,18 +324,14 @@ class RtpSession:
         self._wake_digits()
 
     def _wake_frames(self) -> None:
-        waiter = self._frames_waiter
-        if waiter is not None:
-            self._frames_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        if self._frames_waiters:
+            _wake(self._frames_waiters)
+            self._frames_waiters = []
 
     def _wake_digits(self) -> None:
-        waiter = self._digits_waiter
-        if waiter is not None:
-            self._digits_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        if self._digits_waiters:
+            _wake(self._digits_waiters)
+            self._digits_waiters = []
 
     # -- send ---------------------------------------------------------------------------
 
@@ -464,6 +467,12 @@ class RtpSession:
             dtmf_received=self._dtmf_received,
             jitter=self.jitter_buffer.stats,
         )
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():  # a cancelled consumer leaves a cancelled future
+            waiter.set_result(None)
 
 
 async def open_session_in_range(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import wave
 from pathlib import Path
 
@@ -382,3 +383,46 @@ async def test_recorder_gets_both_sides(tmp_path: Path) -> None:
     assert loud_caller.size > 1000 and loud_agent.size > 1000
     assert loud_caller[0] < loud_agent[0]
     assert 0.3 * 8000 <= loud_agent[-1] - loud_agent[0] <= 0.45 * 8000
+
+
+async def test_a_stalled_loop_skips_ticks_instead_of_bursting() -> None:
+    sink = await open_sink()
+    try:
+        async with RtpSession(local_host=HOST, remote=sink.address) as session:
+            await asyncio.sleep(0.1)
+            time.sleep(0.25)  # block the event loop: ~12 ticks go by
+            await asyncio.sleep(0.1)
+            skipped = session.stats.ticks_skipped
+    finally:
+        sink.close()
+    assert skipped >= 5
+    packets = sink.packets()
+    gaps = [ts_diff(b.timestamp, a.timestamp) for a, b in zip(packets, packets[1:])]
+    # Timestamps jump over the skipped ticks (real time stays in step) ...
+    assert sum(gaps) == pytest.approx(len(gaps) * 160 + skipped * 160)
+    assert max(gaps) == (skipped + 1) * 160
+    # ... and sequence numbers stay contiguous: nothing was lost, nothing bursts beyond 3.
+    assert all(seq_diff(b.sequence, a.sequence) == 1 for a, b in zip(packets, packets[1:]))
+    times = [t for t, _, _ in sink.received]
+    bunched = max(sum(1 for u in times if t <= u < t + 0.002) for t in times)
+    assert bunched <= 3
+
+
+async def test_a_cancelled_consumer_does_not_stop_another() -> None:
+    async with RtpSession(local_host=HOST) as session:
+        async def consume(limit: int) -> int:
+            count = 0
+            async for _ in session.frames():
+                count += 1
+                if count == limit:
+                    break
+            return count
+
+        doomed = asyncio.create_task(consume(1000))
+        survivor = asyncio.create_task(consume(1000))
+        await asyncio.sleep(0.1)
+        doomed.cancel()
+        await asyncio.sleep(0.2)
+        assert not survivor.done()
+        session.close()
+        assert await asyncio.wait_for(survivor, 1.0) >= 5
