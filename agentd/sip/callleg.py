@@ -164,6 +164,15 @@ class CallLeg:
         record_route = [("Record-Route", value) for value in invite.headers.values("Record-Route")]
         self.ua.respond(invite, self.invite_tx, 180, "Ringing", to_tag=self.local_tag,
                         headers=[*record_route, ("Contact", self.ua.contact)])
+        if settings.answer_delay > 0:
+            # Ring first; a CANCEL (or BYE) meanwhile ends the call before any 200.
+            try:
+                async with asyncio.timeout(settings.answer_delay):
+                    await self.ended.wait()
+            except TimeoutError:
+                pass
+            if self.ended.is_set():
+                return
         headers = [*record_route, ("Contact", self.ua.contact)]
         if interval:
             refresher = self._refresher_param()
@@ -171,7 +180,8 @@ class CallLeg:
             if _supports_timer(invite):
                 headers.append(("Require", "timer"))
         self.answered.set()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._forward_rtp_dtmf()))
+        # Through the UA, so stop() waits for it like every other call task.
+        self._tasks.append(self.ua.spawn(self._forward_rtp_dtmf(), name=f"dtmf-{self.call_id}"))
         log.info("call %s answered: %s from %s (%s)", self.reference, self.call_id,
                  self.caller, negotiated.codec)
         confirmed = await self._send_2xx(invite, self.invite_tx, headers, answer.to_bytes())
@@ -266,6 +276,10 @@ class CallLeg:
         method = request.method
         if method == "BYE":
             respond(request, server_tx, 200, "OK")
+            if not self.answered.is_set():
+                # BYE in the early dialog: the INVITE still needs its final (§15.1.2).
+                respond(self.invite, self.invite_tx, 487, "Request Terminated",
+                        to_tag=self.local_tag)
             self._finish("remote hangup")
         elif method == "INVITE":
             self.ua.spawn(self._on_reinvite(request, server_tx))
@@ -411,7 +425,8 @@ class CallLeg:
     def _start_session_timer(self, interval: int) -> None:
         self._session_interval = interval
         self._last_refresh = asyncio.get_running_loop().time()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._session_timer_loop()))
+        self._tasks.append(self.ua.spawn(self._session_timer_loop(),
+                                         name=f"session-timer-{self.call_id}"))
 
     def _session_refreshed(self, request: SipRequest) -> None:
         self._last_refresh = asyncio.get_running_loop().time()

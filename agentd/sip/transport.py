@@ -50,10 +50,13 @@ class TransportStats:
     sent: int = 0
     malformed: int = 0
     send_errors: int = 0
+    refused: int = 0  # dropped unparsed because `admit` said no
 
 
 MessageHandler = Callable[[Inbound], None]
 MalformedHandler = Callable[[bytes, Address, str, SipParseError], None]
+# Asked before any parsing: False drops the bytes (rate limiting of strangers).
+AdmitHandler = Callable[[Address], bool]
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -89,6 +92,11 @@ class _TcpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self.remote is not None
         self.last_used = asyncio.get_running_loop().time()
+        if not self._owner._admitted(self.remote):
+            # Over its rate: a stream cannot skip bytes and stay framed, so it is closed.
+            if self.transport is not None:
+                self.transport.close()
+            return
         try:
             messages = self._framer.feed(data)
         except SipParseError as exc:
@@ -121,12 +129,14 @@ class SipTransport:
         *,
         tcp: bool = True,
         on_malformed: MalformedHandler | None = None,
+        admit: AdmitHandler | None = None,
         max_message_size: int = MAX_DATAGRAM,
     ) -> None:
         self.host = host
         self.port = port
         self._on_message = on_message
         self._on_malformed = on_malformed
+        self._admit = admit
         self._tcp_enabled = tcp
         self._max_size = max_message_size
         self._udp: asyncio.DatagramTransport | None = None
@@ -222,7 +232,15 @@ class SipTransport:
 
     # ---- inbound ---------------------------------------------------------------------------
 
+    def _admitted(self, source: Address) -> bool:
+        if self._admit is None or self._admit(source):
+            return True
+        self.stats.refused += 1
+        return False
+
     def _on_bytes(self, data: bytes, source: Address, transport: str) -> None:
+        if not self._admitted(source):
+            return  # refused before parsing: a flood costs us a lookup, not a parse
         if len(data) > self._max_size:
             self._count_malformed(data, source, transport, SipParseError("message too large"))
             return

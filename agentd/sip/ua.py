@@ -80,6 +80,8 @@ class UaSettings:
     rate_per_second: float = 10.0
     rate_burst: int = 20
     session_timer: int | None = None
+    # Seconds to ring (180) before answering; a CANCEL meanwhile gets its 487.
+    answer_delay: float = 0.0
     rtp_host: str | None = None
     rtp_port_min: int = 10000
     rtp_port_max: int = 20000
@@ -122,6 +124,7 @@ class UserAgent:
             self._on_inbound,
             tcp=True,
             on_malformed=self._on_malformed,
+            admit=self._admit,
         )
         self.credentials = DigestClient(settings.auth_user, settings.password)
         self.registration: Registration | None = None
@@ -212,10 +215,12 @@ class UserAgent:
                     await asyncio.wait_for(self._registration_exchange(request), 3.0)
                 except (TimeoutError, asyncio.CancelledError):
                     pass
-        for task in list(self._tasks):
+        # Cancel what still runs and wait for it, so stop() leaves no task behind.
+        tasks = [t for t in (*self._tasks, self._timer_task, self._registering) if t is not None]
+        for task in tasks:
             task.cancel()
-        if self._timer_task is not None:
-            self._timer_task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
         await self.transport.close()
 
     # ---- sending ---------------------------------------------------------------------
@@ -350,21 +355,22 @@ class UserAgent:
     def _trusted(self, host: str) -> bool:
         return is_trusted(host, self.settings.trusted_sources)
 
+    def _admit(self, source: Address) -> bool:
+        """Whether to read bytes from `source` at all: the PBX always, strangers at a rate."""
+        if self._trusted(source[0]) or self._limiter.allow(source[0], self._now()):
+            return True
+        self.stats.requests_rate_limited += 1
+        return False
+
     def _on_inbound(self, inbound: Inbound) -> None:
+        # Rate limiting already happened in the transport (`_admit`), before parsing.
         now = self._now()
-        host = inbound.source[0]
-        if not self._trusted(host) and not self._limiter.allow(host, now):
-            self.stats.requests_rate_limited += 1
-            return
         self._dispatch(self.layer.receive(inbound.message, inbound.source, now, inbound.reliable))
 
     def _on_malformed(self, data: bytes, source: Address, transport: str, exc: SipParseError) -> None:
         """Answer a malformed request with its 4xx/505 when it is parseable enough to reply."""
         request = exc.request
         if request is None or exc.status is None or request.method == "ACK":
-            return
-        if not self._trusted(source[0]) and not self._limiter.allow(source[0], self._now()):
-            self.stats.requests_rate_limited += 1
             return
         via = top_via(request.headers)
         if via is None:
@@ -474,8 +480,11 @@ class UserAgent:
                          if d is not None]
             timeout = max(0.0, min(deadlines) - self._now()) if deadlines else None
             self._wakeup.clear()
+            # asyncio.timeout, not wait_for: on 3.11 a wait_for cancelled as its timeout
+            # fires can leave its inner task pending, so stop() could not end this loop.
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
             except TimeoutError:
                 pass
             now = self._now()
