@@ -29,6 +29,8 @@ SipMessage = SipRequest | SipResponse
 MAX_DATAGRAM = 65_535
 # Idle TCP connections we opened are closed after this long without traffic.
 TCP_IDLE_SECONDS = 600.0
+# Feed passes per TCP read (messages and errors taken out of one chunk); bounds the loop.
+MAX_MESSAGES_PER_READ = 1000
 
 
 @dataclass(frozen=True)
@@ -97,16 +99,31 @@ class _TcpConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
-        try:
-            messages = self._framer.feed(data)
-        except SipParseError as exc:
-            # A broken stream cannot be re-synchronised: drop the connection.
-            self._owner._count_malformed(data, self.remote, "tcp", exc)
-            if self.transport is not None:
-                self.transport.close()
-            return
-        for message in messages:
-            self._owner._deliver(Inbound(message, self.remote, "tcp"))
+        framer = self._framer
+        pings = framer.keepalives
+        chunk = data
+        # Bounded: each pass takes a message or an error out of the buffer, or ends.
+        for _ in range(MAX_MESSAGES_PER_READ):
+            try:
+                messages = framer.feed(chunk)
+            except SipParseError as exc:
+                self._owner._count_malformed(data, self.remote, "tcp", exc)
+                if framer.failed:
+                    # Framing is lost (garbage, bad Content-Length): drop the connection.
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
+                chunk = b""  # a framed but malformed message: answered, go on after it
+                continue
+            chunk = b""
+            for message in messages:
+                self._owner._deliver(Inbound(message, self.remote, "tcp"))
+            if not messages:
+                break  # else the framer may hold an error raised on the next feed
+        # RFC 5626 §4.4.1: answer each double-CRLF ping with a CRLF pong.
+        if framer.keepalives > pings and self.transport is not None \
+                and not self.transport.is_closing():
+            self.transport.write(b"\r\n" * (framer.keepalives - pings))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.remote is not None and self._owner._tcp_connections.get(self.remote) is self:
@@ -143,6 +160,7 @@ class SipTransport:
         self._tcp_server: asyncio.base_events.Server | None = None
         self._tcp_connections: dict[Address, _TcpConnection] = {}
         self._connecting: dict[Address, asyncio.Future[_TcpConnection]] = {}
+        self._send_tasks: set[asyncio.Task[None]] = set()  # held so they are not collected
         self.stats = TransportStats()
 
     @property
@@ -163,6 +181,11 @@ class SipTransport:
             )
 
     async def close(self) -> None:
+        pending = list(self._send_tasks)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -183,7 +206,9 @@ class SipTransport:
                 conn.write(data)
                 self.stats.sent += 1
                 return
-            asyncio.get_running_loop().create_task(self._send_tcp_later(data, destination))
+            task = asyncio.get_running_loop().create_task(self._send_tcp_later(data, destination))
+            self._send_tasks.add(task)
+            task.add_done_callback(self._send_tasks.discard)
             return
         if self._udp is None:
             raise RuntimeError("transport is not started")
