@@ -45,6 +45,7 @@ _FLOOR_WINDOWS = 64  # the noise floor is the quietest block of the last ~2 s
 _FLOOR_MARGIN_DB = 6.0
 _ABSOLUTE_FLOOR_DB = -60.0
 _TAIL_RANGE_DB = 35.0
+_MODEL_HANGOVER_S = 0.096  # how long the probability stays up after a sound stops
 
 
 def _missing_model_error(path: Path) -> SpeechError:
@@ -120,10 +121,12 @@ class SileroVadStream:
     """One call's VAD: buffers frames into 32 ms windows and emits start/end events.
 
     Detection: a window with probability >= threshold opens a candidate; it becomes speech
-    (SpeechStarted, dated at the candidate's first window) once it has lasted min_speech_ms
+    (SpeechStarted, dated where its sound began) once its sound has lasted min_speech_ms
     with no silence gap longer than ~70 ms. During speech a window below neg_threshold starts
     a silence run that only a window >= threshold cancels (hysteresis); once the run has
-    lasted end_of_turn_ms, SpeechEnded is emitted, dated where the run began.
+    lasted end_of_turn_ms, SpeechEnded is emitted, dated where the run began. Both edges
+    are dated by the signal's energy next to the model's decision (see _onset_before and
+    _offset_before), so the silence is timed from where the sound really stopped.
     """
 
     def __init__(self, model: SileroVad, config: VadConfig) -> None:
@@ -154,6 +157,7 @@ class SileroVadStream:
         self._speech_start = 0.0
         self._peak = 0.0
         self._voiced_end = 0.0  # end of the last window that counted as speech
+        self._loud_end = 0.0  # end of the last loud 8 ms block of a pending burst
         self._silence_start: float | None = None
         # (window start, per-8-ms-block level in dBFS) of the latest windows
         self._recent: deque[tuple[float, np.ndarray]] = deque(maxlen=_LOOKBACK_WINDOWS)
@@ -210,22 +214,30 @@ class SileroVadStream:
         self._floors.append(float(levels.min()))
         if self._phase is not _Phase.SILENCE:
             self._loudest_db = max(self._loudest_db, float(levels.max()))
-        self._detect(prob, start, end, events)
+        self._detect(prob, start, end, levels, events)
         self._recent.append((start, levels))
 
-    def _detect(self, prob: float, start: float, end: float, events: list[VadEvent]) -> None:
+    def _detect(
+        self, prob: float, start: float, end: float, levels: np.ndarray,
+        events: list[VadEvent],
+    ) -> None:
         cfg = self.config
+        loud = np.flatnonzero(levels > self._energy_floor_db())
+        loud_end = start + (int(loud[-1]) + 1) * _BLOCK_S if loud.size else None
         if self._phase is _Phase.SILENCE:
             if prob >= cfg.threshold:
                 self._phase = _Phase.PENDING
                 self._speech_start = self._onset_before(start)
                 self._voiced_end, self._peak = end, prob
+                self._loud_end = loud_end if loud_end is not None else start
                 self._loudest_db = _ABSOLUTE_FLOOR_DB
                 self._confirm_if_long_enough(events)
             return
         if self._phase is _Phase.PENDING:
             if prob >= cfg.neg_threshold:
                 self._voiced_end = end
+                if loud_end is not None:
+                    self._loud_end = loud_end
                 self._peak = max(self._peak, prob)
                 self._confirm_if_long_enough(events)
             elif end - self._voiced_end > _PENDING_GAP_S:
@@ -247,7 +259,11 @@ class SileroVadStream:
             self._silence_start = None
 
     def _confirm_if_long_enough(self, events: list[VadEvent]) -> None:
-        if self._voiced_end - self._speech_start >= self._min_speech_s:
+        # Measured on the signal's energy; the model's own span includes its hangover, so it
+        # alone confirms only with that allowance (a line too noisy for the energy measure).
+        heard = self._loud_end - self._speech_start
+        modelled = self._voiced_end - self._speech_start - _MODEL_HANGOVER_S
+        if max(heard, modelled) >= self._min_speech_s - 1e-9:
             self._phase = _Phase.SPEECH
             self._silence_start = None
             events.append(SpeechStarted(at=self._speech_start, probability=self._peak))
