@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="register with the PBX and answer calls")
     run.add_argument("-c", "--config", required=True, help="path to config.yaml")
     commands.add_parser("config-reference", help="print every config key as a Markdown table")
+    from agentd.models.cli import add_models_parser
+
+    add_models_parser(commands)
     return parser
 
 
@@ -44,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agentd.daemon import run as run_daemon
 
         return run_daemon(config)
+    if args.command == "models":
+        from agentd.models.cli import run_models_command
+
+        return run_models_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
