@@ -712,3 +712,57 @@ async def test_garbage_flood_from_stranger_is_rate_limited_pbx_still_served(
     assert ua.stats.requests_rate_limited >= 250
     # What was refused was not even parsed: the limiter runs before the parser.
     assert ua.transport.stats.malformed <= 20
+
+
+# ---- registration through the UA (fake registrar socket) ----------------------------------
+
+
+async def test_registers_with_digest_refreshes_and_unregisters(harness: Harness) -> None:
+    registrar = await harness.rtp_socket()  # any loopback UDP socket will do as registrar
+    states: list[str] = []
+
+    async def read_register(timeout: float = 2.0) -> SipRequest:
+        got = await registrar.recv(timeout)
+        assert got is not None, "no REGISTER"
+        from agentd.sip.parser import parse_message
+
+        message = parse_message(got[0])
+        assert isinstance(message, SipRequest) and message.method == "REGISTER"
+        return message
+
+    def answer(request: SipRequest, status: int, reason: str,
+               headers: list[tuple[str, str]] = ()) -> None:  # type: ignore[assignment]
+        lines = [f"SIP/2.0 {status} {reason}"]
+        for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+            lines += [f"{name}: {v}" for v in request.headers.get_all(name)]
+        lines += [f"{name}: {value}" for name, value in headers]
+        lines.append("Content-Length: 0")
+        registrar.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), ua.local_address)
+
+    ua = UserAgent(replace(BASE, register=True, registrar=registrar.address,
+                           register_expires=2, registration_max_refresh=2.0),
+                   lambda leg: leg.ended.wait(), transaction_config=FAST,
+                   on_registration=lambda state: states.append(state.status.value))
+    harness.ua = ua
+    await ua.start()
+    first = await read_register()
+    assert first.headers.get("Expires") == "2" and first.headers.get("Authorization") is None
+    answer(first, 401, "Unauthorized",
+           [("WWW-Authenticate", 'Digest realm="lab", nonce="abc", qop="auth"')])
+    second = await read_register()
+    assert 'username="2001"' in (second.headers.get("Authorization") or "")
+    contact = second.headers.get("Contact") or ""
+    answer(second, 200, "OK", [("Contact", f"{contact};expires=2")])
+    assert await ua.wait_registered(2.0)
+    assert states[-1] == "registered"
+    # Refresh before the 2 s binding lapses (at 1 s: expiry minus half).
+    refresh = await read_register(timeout=2.0)
+    assert refresh.headers.get("Call-ID") == first.headers.get("Call-ID")
+    answer(refresh, 200, "OK", [("Contact", f"{contact};expires=2")])
+    await asyncio.sleep(0.05)
+    stopping = asyncio.ensure_future(ua.stop())
+    unregister = await read_register()
+    assert unregister.headers.get("Expires") == "0"
+    answer(unregister, 200, "OK")
+    await asyncio.wait_for(stopping, 3.0)
+    assert ua.registration_state.status.value == "unregistered"
