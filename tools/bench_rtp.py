@@ -2,17 +2,21 @@
 """Benchmark: N concurrent RTP sessions in one process over loopback.
 
 Sessions are paired (A<->B); every session sends a continuous tone and receives its peer's
-stream, and a consumer task drains its frames() as an ASR would. For each N it prints:
-- send-interval deviation from 20 ms, measured at the *receiver* from packet arrival times
-  (loop.time() in datagram_received, so it includes sender pacing and receive-side delays);
-  p50 / p99 / max over all consecutive packet pairs of all sessions;
-- CPU % of the whole process (time.process_time over wall time) and per session;
-- lost packets: sent by peers minus received, after a short drain; plus jitter-buffer late.
+stream, and a consumer task drains its frames() as an ASR would. For each N it prints
+|interval - 20 ms| between consecutive packets of each stream, p50 / p99 / max pooled over
+all sessions, measured two ways:
+- sent: at the sender, time.monotonic() just before each sendto (what goes on the wire;
+  on loopback the kernel delivers during the sendto call);
+- read: at the receiver, when the event loop hands the datagram to the session (adds the
+  receiving loop's own scheduling delays, which the jitter buffer absorbs);
+and CPU % of the process (time.process_time over wall time) in total and per session, lost
+packets (sequence gaps at the receivers), jitter-buffer late packets and skipped ticks.
 
 Usage: tools/bench_rtp.py [--sessions 50 100 200] [--seconds 4] [--private-clocks]
-       [--no-consume] [--cpu N]
+       [--spin 0.001] [--no-consume] [--no-gc-freeze] [--cpu 0]
 --private-clocks gives each session its own timer instead of one shared MediaClock, to show
-why the shared clock exists. The whole run bounds itself (well under a minute by default).
+why the shared clock exists. Timings are only meaningful on an otherwise idle machine. The
+whole run bounds itself (about 15 s by default, --seconds is capped at 10).
 """
 
 from __future__ import annotations
