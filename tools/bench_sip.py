@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             capture = LoopbackRtpCapture(lambda src, dst: src in rtp_ports).start()
         except PermissionError:
             capture = None
+        # SIPp gives call n the media port mp + 4(n-1) (mod 10000): reserve them all.
         run = sipp.Sipp(uac_dir, sipp.scenario("uac_pcap_agentd"), remote=pbx.address,
                         service=agent.extension, local_port=ports.port(),
-                        media_port=ports.port_range(4), calls=args.calls,
+                        media_port=ports.port_range(4 * min(args.calls, 2500)),
+                        calls=args.calls,
                         concurrency=args.concurrency, rate=args.rate,
                         duration_ms=args.call_ms, timeout_s=args.timeout)
         cpu_before = agent.cpu_seconds()

@@ -82,6 +82,26 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
+def established_tcp(local_port: int) -> list[tuple[str, int]]:
+    """Remote (host, port) of ESTABLISHED IPv4 TCP connections on local port `local_port`."""
+    peers = []
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4 or fields[3] != "01":  # 01: TCP_ESTABLISHED
+            continue
+        local, remote = fields[1], fields[2]
+        if int(local.split(":")[1], 16) != local_port:
+            continue
+        host_hex, port_hex = remote.split(":")
+        host = socket.inet_ntoa(struct.pack("<I", int(host_hex, 16)))
+        peers.append((host, int(port_hex, 16)))
+    return peers
+
+
 class Agentd:
     """One `agentd run` subprocess with its config and log under `workdir`.
 
