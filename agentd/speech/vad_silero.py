@@ -76,7 +76,7 @@ class SileroVad:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(
+            self._session: ort.InferenceSession | None = ort.InferenceSession(
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own, undocumented, exception types
@@ -101,14 +101,17 @@ class SileroVad:
 
         Returns the speech probability and the next state.
         """
-        prob, next_state = self._session.run(
+        session = self._session
+        if session is None:
+            raise SpeechError("Silero VAD model was closed")
+        prob, next_state = session.run(
             None, {"input": window, "state": state, "sr": self._sample_rate}
         )
         return float(prob.reshape(-1)[0]), next_state
 
     def close(self) -> None:
         """Drop the session (streams made from it must not be fed afterwards)."""
-        self._session = None  # type: ignore[assignment]
+        self._session = None
 
 
 class _Phase(Enum):
@@ -230,7 +233,7 @@ class SileroVadStream:
                 self._speech_start = self._onset_before(start)
                 self._voiced_end, self._peak = end, prob
                 self._loud_end = loud_end if loud_end is not None else start
-                self._loudest_db = _ABSOLUTE_FLOOR_DB
+                self._loudest_db = float(levels.max())
                 self._confirm_if_long_enough(events)
             return
         if self._phase is _Phase.PENDING:

@@ -233,3 +233,11 @@ def test_corrupt_model_is_a_speech_error(tmp_path) -> None:
     bad.write_bytes(b"not an onnx model")
     with pytest.raises(SpeechError, match="cannot load"):
         SileroVad(bad)
+
+
+def test_closed_model_is_a_speech_error() -> None:
+    model = SileroVad(require_model("silero-vad", "silero_vad.onnx"))
+    stream = model.stream()
+    model.close()
+    with pytest.raises(SpeechError, match="closed"):
+        stream.feed(np.zeros(256, dtype=np.int16))
