@@ -248,3 +248,42 @@ def test_sipp_load_with_rtp_echo(tmp_path: Path, kamailio: Kamailio,
     log = agent.log_text()
     assert len(re.findall(r"call \w+ ended: remote hangup", log)) == SIPP_CALLS, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
+
+
+# ----- the harness's own pure parts (no processes) -----
+
+def test_rendered_config_is_valid_for_agentd(tmp_path: Path) -> None:
+    from agentd.config import load_config
+
+    agent = Agentd(tmp_path, registrar_port=25060, sip_port=25062, rtp_port_min=26000,
+                   transport="tcp", app={"dtmf_transfer": {"9": "4000"}}, max_calls=8)
+    config = load_config(agent.config_path)
+    assert (config.sip.registrar.port, config.sip.local_port) == (25060, 25062)
+    assert config.sip.extension == EXTENSION and config.sip.transport == "tcp"
+    assert config.sip.password is not None
+    assert config.sip.password.get_secret_value() == "pw2001"
+    assert (config.media.rtp_port_min, config.media.rtp_port_max) == (26000, 26040)
+    assert dict(config.app.dtmf_transfer) == {"9": "4000"}
+
+
+def test_pcap_tone_parses_back_and_summarises(tmp_path: Path) -> None:
+    from tests.harness.agentd import parse_rtp_frame
+
+    path = write_rtp_pcap(tmp_path / "t.pcap", tone(440.0, seconds=0.5), ssrc=7)
+    data = path.read_bytes()
+    offset, frames = 24, []
+    while offset < len(data):
+        length = int.from_bytes(data[offset + 8:offset + 12], "little")
+        frames.append(data[offset + 16:offset + 16 + length])
+        offset += 16 + length
+    packets = [parse_rtp_frame(frame) for frame in frames]
+    assert len(packets) == 25 and all(p is not None for p in packets)
+    assert [p.sequence for p in packets if p] == list(range(25))
+    evidence = summarise_streams([p for p in packets if p])
+    [stream] = evidence.streams
+    assert stream.ssrc == 7 and stream.packets == 25 and stream.audible_packets == 25
+    assert abs(stream.dominant_hz - 440.0) < 2.0
+    assert abs(stream.active_rms_dbfs - TONE_LEVEL_DBFS) < 1.0
+    # Junk and truncated frames are refused, never raised on.
+    for junk in (b"", frames[0][:40], frames[0][:14] + b"\x60" + frames[0][15:], b"\xff" * 80):
+        assert parse_rtp_frame(junk) is None
