@@ -270,6 +270,78 @@ class LogConfig(Section):
         return value.lower() if isinstance(value, str) else value
 
 
+class VadSectionConfig(Section):
+    """Voice activity detection: when the caller speaks and when the turn ends."""
+
+    model: str = Field("silero-vad", description="VAD model id (see `agentd models list`).")
+    threshold: Number = Field(
+        0.5, gt=0, lt=1, description="Speech starts when the probability rises above this."
+    )
+    neg_threshold: Number = Field(
+        0.35, gt=0, lt=1, description="Speech counts as silence again below this (hysteresis)."
+    )
+    min_speech_ms: Integer = Field(
+        200, ge=0, le=5000, description="Shorter sounds (clicks, line noise) are not speech."
+    )
+    end_of_turn_ms: Integer = Field(
+        400, ge=50, le=10_000, description="Silence after speech that ends the caller's turn."
+    )
+    threads: Integer = Field(1, ge=1, le=64, description="CPU threads for the VAD model.")
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> VadSectionConfig:
+        if self.neg_threshold > self.threshold:
+            raise blame(
+                "neg_threshold",
+                f"must not exceed threshold ({self.threshold}), got {self.neg_threshold}",
+            )
+        return self
+
+
+class AsrSectionConfig(Section):
+    """Speech recognition."""
+
+    engine: Literal["whisper", "vosk"] = Field("whisper", description="ASR engine.")
+    model: str = Field(
+        "whisper-tiny-en", description="ASR model id; its engine must match `engine`."
+    )
+    threads: Integer = Field(1, ge=1, le=64, description="CPU threads for recognition.")
+
+
+class TtsSectionConfig(Section):
+    """Speech synthesis."""
+
+    engine: Literal["piper", "hibari", "espeak", "coqui"] = Field(
+        "piper", description="TTS engine."
+    )
+    model: str | None = Field(
+        "piper-en-us-joe-medium",
+        description="TTS model id for piper and coqui (hibari/espeak need none).",
+    )
+    voice: str | None = Field(
+        None, description="Voice name for hibari (default heart) and espeak (default en-us)."
+    )
+    threads: Integer = Field(1, ge=1, le=64, description="CPU threads for synthesis.")
+
+
+class SpeechConfig(Section):
+    """Listening and speaking: VAD, ASR and TTS engines and their models."""
+
+    models_dir: FilePath | None = Field(
+        None,
+        description="Directory of fetched models; relative to the config file.",
+        json_schema_extra=_derived("$AGENTD_MODELS_DIR, else models/ of a source checkout, else /var/lib/agentd/models"),
+    )
+    vad: VadSectionConfig = Field(default_factory=VadSectionConfig, description="VAD.")
+    asr: AsrSectionConfig = Field(default_factory=AsrSectionConfig, description="ASR.")
+    tts: TtsSectionConfig = Field(default_factory=TtsSectionConfig, description="TTS.")
+    phrase_cache_dir: FilePath | None = Field(
+        None,
+        description="Directory caching synthesized fixed phrases; unset = no cache; "
+        "relative to the config file.",
+    )
+
+
 class Config(Section):
     """The whole agentd configuration file."""
 
@@ -277,6 +349,9 @@ class Config(Section):
     media: MediaConfig = Field(default_factory=MediaConfig, description="RTP media.")
     app: AppConfig = Field(default_factory=AppConfig, description="Line-test call handler.")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+    speech: SpeechConfig = Field(
+        default_factory=SpeechConfig, description="Speech engines and models."
+    )
 
     @model_validator(mode="after")
     def _enough_rtp_ports(self) -> Config:
