@@ -33,6 +33,9 @@ CHUNK_SAMPLES = 3200  # 400 ms at 8 kHz: the largest chunk yielded, so cancel ac
 MAX_PIECE_CHARS = 110  # longer sentences are cut at clause punctuation
 HARD_PIECE_CHARS = 220  # a clause longer than this is cut at a word boundary
 FIRST_CLAUSE_CHARS = 40  # "Sure, ..." : a short opening clause is spoken on its own
+# Piper's cost grows with the piece (~RTF 0.1): a 4-word head keeps its first audio near
+# 100-150 ms where a whole sentence takes 300+ ms.
+FIRST_PIECE_WORDS = 4
 
 # piper phonemizes with one process-wide espeak-ng instance (a C library with global state),
 # so every PiperTts in the process shares this lock; the ONNX run itself is outside it.
@@ -43,6 +46,11 @@ _ABBREVIATIONS = frozenset(
 )
 _SENTENCE_END = re.compile(r"[.!?…]+[\"”’)\]]*\s+")
 _CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
+# Words that start a phrase: a cut before one sounds like a natural breath.
+_PHRASE_STARTS = frozenset(
+    "and but or so because if when while which who that where to at on in for with from "
+    "by about after before until".split()
+)
 
 
 # ---- shared helpers (used by tts_hibari and tts_coqui too) -----------------------------
@@ -111,18 +119,37 @@ def _pack_clauses(sentence: str, max_chars: int, hard_chars: int) -> list[str]:
     return pieces
 
 
+def _cut_first_words(piece: str, words: int) -> list[str]:
+    """Cut a short head off `piece`: before a phrase word (and, at, to, ...) among its first
+    `words` + 1 words when there is one, else after `words` words; never leave a tail of
+    fewer than 3 words."""
+    tokens = piece.split(" ")
+    if len(tokens) < words + 3:
+        return [piece]
+    cut = words
+    for index in range(words, 1, -1):
+        if tokens[index].lower() in _PHRASE_STARTS:
+            cut = index
+            break
+    return [" ".join(tokens[:cut]), " ".join(tokens[cut:])]
+
+
 def split_for_speech(
     text: str,
     *,
     max_chars: int = MAX_PIECE_CHARS,
     hard_chars: int = HARD_PIECE_CHARS,
     first_clause_chars: int = FIRST_CLAUSE_CHARS,
+    first_words: int | None = None,
 ) -> list[str]:
     """Pieces of text to synthesise one at a time, in order, none empty.
 
     Lines and sentences are pieces; a sentence over `max_chars` is cut at clause punctuation
     and a clause over `hard_chars` at a word boundary. A short opening clause of the first
-    sentence ("Sure, ...") is its own piece, so the first audio comes sooner.
+    sentence ("Sure, ...") is its own piece, so the first audio comes sooner. With
+    `first_words`, a longer first piece is cut after about that many words too (for engines
+    whose cost grows with the piece: the caller hears the reply start sooner, at the price of
+    a phrase break there).
     """
     pieces: list[str] = []
     for line in text.splitlines():
@@ -133,6 +160,8 @@ def split_for_speech(
         head, *rest = _CLAUSE_END.split(pieces[0], maxsplit=1)
         if rest and rest[0] and len(head) <= first_clause_chars:
             pieces[0:1] = [head, rest[0]]
+    if pieces and first_words:
+        pieces[0:1] = _cut_first_words(pieces[0], first_words)
     return pieces
 
 
@@ -209,6 +238,7 @@ class PiperTts:
     One loaded voice serves concurrent calls from many threads: espeak-ng phonemization is
     serialised by a process-wide lock (it is not re-entrant); onnxruntime's `run` is
     thread-safe and runs unlocked. Each sentence's audio is peak-normalised to `peak`.
+    `first_words` cuts a long first sentence after about that many words (None: never).
     """
 
     name = "piper"
@@ -222,6 +252,7 @@ class PiperTts:
         model_id: str = PIPER_JOE_MODEL_ID,
         length_scale: float | None = None,
         peak: float = 0.9,
+        first_words: int | None = FIRST_PIECE_WORDS,
     ) -> None:
         model_file = require_model_file(model_path, model_id)
         config_file = require_model_file(
@@ -252,6 +283,7 @@ class PiperTts:
         self._voice = piper_voice_cls(session=session, config=config)
         self._length_scale = length_scale
         self._peak = peak
+        self._first_words = first_words
         self.voice: str = _voice_name(config_dict, model_file)
         self.native_rate: int = int(config.sample_rate)
         self.threads = threads
@@ -266,7 +298,7 @@ class PiperTts:
         from piper.config import SynthesisConfig
 
         syn_config = SynthesisConfig(length_scale=self._length_scale, normalize_audio=False)
-        for piece in split_for_speech(text):
+        for piece in split_for_speech(text, first_words=self._first_words):
             if cancel is not None and cancel.cancelled:
                 return
             with _ESPEAK_LOCK:

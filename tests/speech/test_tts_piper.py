@@ -70,12 +70,26 @@ def test_short_opening_clause_is_its_own_piece_only_when_short() -> None:
     assert split_for_speech(long_head) == [long_head]
 
 
+def test_first_words_cuts_a_long_first_sentence_at_a_phrase_word() -> None:
+    text = "Your appointment is on Monday at three o'clock. See you then."
+    assert split_for_speech(text, first_words=4) == [
+        "Your appointment is",
+        "on Monday at three o'clock.",
+        "See you then.",
+    ]
+    assert split_for_speech("Please hold the line while I check.", first_words=4) == [
+        "Please hold the line", "while I check."]
+    assert split_for_speech("Please hold the line for me.", first_words=4) == ["Please hold the line for me."]
+    assert split_for_speech(text) == ["Your appointment is on Monday at three o'clock.", "See you then."]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("ab .,;!?\n—é'\"")), max_size=300))
 def test_splitting_keeps_every_word_in_order(text: str) -> None:
-    pieces = split_for_speech(text, max_chars=30, hard_chars=40)
-    assert all(p and p == p.strip() for p in pieces)
-    assert " ".join(pieces).split() == text.split()
+    for first_words in (None, 2, 4):
+        pieces = split_for_speech(text, max_chars=30, hard_chars=40, first_words=first_words)
+        assert all(p and p == p.strip() for p in pieces)
+        assert " ".join(pieces).split() == text.split()
 
 
 def test_chunked_resample_bounds_chunks_and_keeps_duration() -> None:
@@ -230,7 +244,9 @@ def test_concurrent_calls_share_one_voice(piper: PiperTts) -> None:
 
 
 def test_asr_reads_back_the_speech_after_g711(piper: PiperTts, transcribe) -> None:
-    text = "Thank you for calling. Your appointment is on Monday at three o'clock."
+    # The first sentence is long enough to be cut after its first words: still intelligible.
+    text = "Your appointment with the dentist is on Monday at three o'clock. Thank you for calling."
+    assert len(split_for_speech(text, first_words=4)) == 3
     heard = transcribe(through_g711(_speak(piper, text)))
     assert wer(text, heard) <= 0.2, heard
 
