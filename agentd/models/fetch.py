@@ -145,6 +145,8 @@ class Fetcher:
                 errors.append(f"{label}: {exc}")
                 self.log(f"{model_id}: {label} failed: {exc}")
                 continue
+            if self._has_local(source):
+                label = label.replace("pypi ", "installed ", 1)
             hashes = {**present, **hashes}
             self.store.write_receipt(model_id, hashes, source=label)
             unpinned = tuple(
@@ -246,6 +248,10 @@ class Fetcher:
         if not self.keep_downloads:
             for piece in pieces:
                 piece.unlink(missing_ok=True)
+            try:
+                cache.rmdir()  # only when empty
+            except OSError:
+                pass
         return {source.file: digest}
 
     def _obtain_part(self, spec: ModelSpec, part: PartSpec, piece: Path) -> None:
