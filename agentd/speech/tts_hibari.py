@@ -21,6 +21,11 @@ from agentd.speech.tts_piper import chunked_resample, require_model_file, split_
 __all__ = ["HibariTts", "HibariVoice", "hibari_voices"]
 
 DEFAULT_VOICE = "heart"
+# hibari pads each sentence with ~300 ms of silence before and ~350 ms after: before the
+# first words it is pure added latency, between clauses an over-long pause. Keep a little.
+LEAD_SILENCE_S = 0.02
+TAIL_SILENCE_S = 0.15
+SILENCE_DBFS = -60.0
 
 
 @dataclass(frozen=True)
@@ -138,5 +143,21 @@ class HibariTts:
                     audio = self._engine.from_ids(ids, self._speed, rng)
                 except Exception as exc:  # onnxruntime's own error types
                     raise SpeechError(f"hibari synthesis failed: {exc}") from exc
+                audio = _trim_silence(np.asarray(audio, dtype=np.float32), self.native_rate)
                 if len(audio):
-                    yield np.asarray(audio, dtype=np.float32)
+                    yield audio
+
+
+def _trim_silence(audio: np.ndarray, rate: int) -> np.ndarray:
+    """Cut leading silence to LEAD_SILENCE_S and trailing silence to TAIL_SILENCE_S."""
+    frame = rate // 100  # 10 ms
+    count = len(audio) // frame
+    if count == 0:
+        return audio
+    rms = np.sqrt(np.mean(audio[: count * frame].reshape(count, frame) ** 2, axis=1))
+    loud = np.flatnonzero(rms > 10 ** (SILENCE_DBFS / 20))
+    if loud.size == 0:
+        return audio[:0]
+    start = max(0, loud[0] * frame - int(LEAD_SILENCE_S * rate))
+    end = min(len(audio), (loud[-1] + 1) * frame + int(TAIL_SILENCE_S * rate))
+    return audio[start:end]

@@ -15,7 +15,7 @@ from agentd.speech.interfaces import TELEPHONE_RATE, CancelToken, SpeechError
 from agentd.speech.metrics import wer
 from agentd.speech.tts_hibari import HibariTts, hibari_voices
 from agentd.speech.tts_piper import CHUNK_SAMPLES
-from tests.speech.conftest import find_model, through_g711
+from tests.speech.conftest import find_model, speech_edges, through_g711
 
 THREE_SENTENCES = (
     "Thank you for calling the dental clinic. "
@@ -77,6 +77,14 @@ def test_output_is_8k_speech_of_plausible_duration(hibari: HibariTts) -> None:
     seconds = len(pcm) / TELEPHONE_RATE
     assert 0.15 * words < seconds < 0.8 * words
     assert np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 300  # not silence
+
+
+def test_padding_silence_is_trimmed(hibari: HibariTts) -> None:
+    """hibari pads ~0.3 s of silence before each sentence: the caller must not wait for it."""
+    pcm = _speak(hibari, "Please hold the line.")
+    start, end = speech_edges(pcm)
+    assert start < 0.08
+    assert len(pcm) / TELEPHONE_RATE - end < 0.3
 
 
 def test_first_chunk_comes_before_the_whole_text_is_done(hibari: HibariTts) -> None:
