@@ -330,7 +330,9 @@ class SpeechConfig(Section):
     models_dir: FilePath | None = Field(
         None,
         description="Directory of fetched models; relative to the config file.",
-        json_schema_extra=_derived("$AGENTD_MODELS_DIR, else models/ of a source checkout, else /var/lib/agentd/models"),
+        json_schema_extra=_derived(
+            "$AGENTD_MODELS_DIR, else models/ of a source checkout, else /var/lib/agentd/models"
+        ),
     )
     vad: VadSectionConfig = Field(default_factory=VadSectionConfig, description="VAD.")
     asr: AsrSectionConfig = Field(default_factory=AsrSectionConfig, description="ASR.")

@@ -1,8 +1,8 @@
 """Model weights: the manifest, the models directory (ModelStore) and the fetcher.
 
-    store = ModelStore()                       # $AGENTD_MODELS_DIR, ./models, /var/lib/agentd/models
-    onnx = store.file("silero-vad", "silero_vad.onnx")   # raises ModelMissingError (one line)
-    Fetcher(store).fetch("silero-vad")        # offline first; PyPI wheel or upstream URL
+store = ModelStore()                       # $AGENTD_MODELS_DIR, ./models, /var/lib/agentd/models
+onnx = store.file("silero-vad", "silero_vad.onnx")   # raises ModelMissingError (one line)
+Fetcher(store).fetch("silero-vad")        # offline first; PyPI wheel or upstream URL
 """
 
 from agentd.models.manifest import (

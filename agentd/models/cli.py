@@ -28,7 +28,9 @@ def add_models_parser(commands: Any) -> None:
         help="models directory (default: $AGENTD_MODELS_DIR, else models/ of a source "
         "checkout, else /var/lib/agentd/models)",
     )
-    common.add_argument("--manifest", default=None, help="model manifest (default: models/manifest.yaml)")
+    common.add_argument(
+        "--manifest", default=None, help="model manifest (default: models/manifest.yaml)"
+    )
     actions = models.add_subparsers(dest="models_command", metavar="ACTION")
     actions.add_parser("list", parents=[common], help="every known model and its state")
     fetch = actions.add_parser(
@@ -153,8 +155,10 @@ def _verify(store: ModelStore, ids: list[str], out: TextIO, explicit: bool) -> i
     for model_id in ids or [s.id for s in store.iter_models()]:
         spec = store.spec(model_id)
         check = store.check(model_id, full=True)
-        if not explicit and not check.installed and not any(
-            f.state is not FileState.MISSING for f in check.files
+        if (
+            not explicit
+            and not check.installed
+            and not any(f.state is not FileState.MISSING for f in check.files)
         ):
             continue  # verify with no ids: only what is (partly) installed
         checked += 1

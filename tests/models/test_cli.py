@@ -30,7 +30,12 @@ def setup(tmp_path: Path, pypi: FakePypi) -> list[str]:
                 "licence": "MIT",
                 "files": [{"name": "vad.onnx", "sha256": sha(ONNX), "size": len(ONNX)}],
                 "sources": [
-                    {"type": "pypi", "package": "vad-pkg", "version": "2.0", "prefix": "vad_pkg/data/"}
+                    {
+                        "type": "pypi",
+                        "package": "vad-pkg",
+                        "version": "2.0",
+                        "prefix": "vad_pkg/data/",
+                    }
                 ],
             },
             {

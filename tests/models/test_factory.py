@@ -67,7 +67,9 @@ def test_missing_model_is_a_one_line_speech_error(tmp_path: Path) -> None:
 
 def test_model_of_the_wrong_kind_or_engine_is_refused(tmp_path: Path) -> None:
     empty = ModelStore(tmp_path)
-    with pytest.raises(SpeechError, match="speech.asr.model: 'whisper-tiny-en' is a asr model for whisper"):
+    with pytest.raises(
+        SpeechError, match="speech.asr.model: 'whisper-tiny-en' is a asr model for whisper"
+    ):
         build_asr(speech(asr={"engine": "vosk", "model": "whisper-tiny-en"}), empty)
     with pytest.raises(SpeechError, match="speech.vad.model"):
         build_vad(speech(vad={"model": "piper-en-us-joe-medium"}), empty)

@@ -30,7 +30,12 @@ def wheel_model(model_id: str = "tiny-vad", **extra: Any) -> dict[str, Any]:
             {"name": "conf/model.json", "sha256": sha(CONF), "size": len(CONF)},
         ],
         "sources": [
-            {"type": "pypi", "package": "tiny-vad-pkg", "version": "1.0", "prefix": "tiny_vad/data/"}
+            {
+                "type": "pypi",
+                "package": "tiny-vad-pkg",
+                "version": "1.0",
+                "prefix": "tiny_vad/data/",
+            }
         ],
         **extra,
     }
@@ -40,7 +45,11 @@ def add_tiny_wheel(pypi: FakePypi, onnx: bytes = ONNX) -> tuple[str, bytes]:
     return pypi.add_wheel(
         "tiny-vad-pkg",
         "1.0",
-        {"tiny_vad/__init__.py": b"", "tiny_vad/data/model.onnx": onnx, "tiny_vad/data/conf/model.json": CONF},
+        {
+            "tiny_vad/__init__.py": b"",
+            "tiny_vad/data/model.onnx": onnx,
+            "tiny_vad/data/conf/model.json": CONF,
+        },
     )
 
 
@@ -57,7 +66,11 @@ def test_fetch_wheel_installs_verified_files(pypi: FakePypi, make_fetcher: Any) 
     # The wheel is not kept, and no temp files are left beside the model.
     root = fetcher.store.root
     assert not list((root / ".downloads").rglob("*.whl*"))
-    assert sorted(p.name for p in directory.iterdir()) == [".agentd-model.json", "conf", "model.onnx"]
+    assert sorted(p.name for p in directory.iterdir()) == [
+        ".agentd-model.json",
+        "conf",
+        "model.onnx",
+    ]
 
 
 def test_project_json_fallback_with_relative_urls(pypi: FakePypi, make_fetcher: Any) -> None:
@@ -198,7 +211,9 @@ def test_next_source_is_tried_when_the_first_fails(pypi: FakePypi, make_fetcher:
     data = os.urandom(10_000)
     url = pypi.add_file("model.gguf", data)
     model = url_model(url, data)
-    model["sources"].insert(0, {"type": "url", "url": f"{pypi.base}/files/absent", "file": "model.gguf"})
+    model["sources"].insert(
+        0, {"type": "url", "url": f"{pypi.base}/files/absent", "file": "model.gguf"}
+    )
     fetcher = make_fetcher(manifest_of(model))
     assert fetcher.fetch("blob").source == f"url {url}"
 
@@ -262,7 +277,13 @@ def test_zip_archive_with_unpinned_file_list(pypi: FakePypi, make_fetcher: Any) 
         "engine": "vosk",
         "licence": "Apache-2.0",
         "sources": [
-            {"type": "url", "url": url, "archive": "zip", "prefix": "vosk-model-x/", "extract_all": True}
+            {
+                "type": "url",
+                "url": url,
+                "archive": "zip",
+                "prefix": "vosk-model-x/",
+                "extract_all": True,
+            }
         ],
     }
     messages: list[str] = []
@@ -294,7 +315,10 @@ def test_installed_package_is_copied_without_network(
 ) -> None:
     site = tmp_path / "site"
     make_local_dist(
-        site, "tiny-vad-pkg", "1.0", {"tiny_vad/data/model.onnx": ONNX, "tiny_vad/data/conf/model.json": CONF}
+        site,
+        "tiny-vad-pkg",
+        "1.0",
+        {"tiny_vad/data/model.onnx": ONNX, "tiny_vad/data/conf/model.json": CONF},
     )
     fetcher = make_fetcher(manifest_of(wheel_model()), search_path=[str(site)], offline=True)
     result = fetcher.fetch("tiny-vad")
@@ -312,3 +336,60 @@ def test_installed_package_of_another_version_is_not_used(
     with pytest.raises(ModelError, match="offline"):
         fetcher.fetch("tiny-vad")
     assert pypi.log == []
+
+
+def test_tar_archive_with_pinned_members(pypi: FakePypi, make_fetcher: Any) -> None:
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in (("voice/model.pth", ONNX), ("voice/config.json", CONF)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    url = pypi.add_file("voice.tar.gz", buffer.getvalue())
+    model = {
+        "id": "voice",
+        "kind": "tts",
+        "engine": "coqui",
+        "licence": "MPL-2.0",
+        "files": [
+            {"name": "model.pth", "sha256": sha(ONNX), "size": len(ONNX)},
+            {"name": "config.json", "sha256": sha(CONF), "size": len(CONF)},
+        ],
+        "sources": [{"type": "url", "url": url, "archive": "tar", "prefix": "voice/"}],
+    }
+    fetcher = make_fetcher(manifest_of(model))
+    fetcher.fetch("voice")
+    assert fetcher.store.file("voice", "model.pth").read_bytes() == ONNX
+    assert fetcher.store.check("voice").ok
+
+
+def test_urls_source_fetches_each_file(pypi: FakePypi, make_fetcher: Any) -> None:
+    model = wheel_model()
+    model["sources"] = [
+        {
+            "type": "urls",
+            "urls": {
+                "model.onnx": pypi.add_file("model.onnx", ONNX),
+                "conf/model.json": pypi.add_file("model.json", CONF),
+            },
+        }
+    ]
+    fetcher = make_fetcher(manifest_of(model))
+    assert fetcher.fetch("tiny-vad").source == "urls (2 files)"
+    assert fetcher.store.check("tiny-vad").ok
+
+
+def test_complete_part_file_is_verified_without_a_new_body(
+    pypi: FakePypi, make_fetcher: Any
+) -> None:
+    data = os.urandom(50_000)
+    url = pypi.add_file("model.gguf", data)
+    fetcher = make_fetcher(manifest_of(url_model(url, data)))
+    part = fetcher.store.root / ".downloads" / "blob" / "model.gguf.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data)  # an earlier run died between download and rename
+    fetcher.fetch("blob")
+    assert pypi.bytes_sent("model.gguf") == 0
+    assert fetcher.store.check("blob").ok

@@ -108,7 +108,9 @@ def test_file_without_receipt_is_hashed(tmp_path: Path) -> None:
 
 def test_fetch_command_names_a_non_default_models_dir(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "elsewhere", manifest_of(model()))
-    assert store.fetch_command("m1") == f"agentd models fetch m1 --models-dir {tmp_path / 'elsewhere'}"
+    assert (
+        store.fetch_command("m1") == f"agentd models fetch m1 --models-dir {tmp_path / 'elsewhere'}"
+    )
 
 
 def test_default_models_dir_prefers_the_environment(
@@ -126,7 +128,9 @@ def test_package_model_resolves_to_the_package_directory(tmp_path: Path) -> None
         "kind": "tts",
         "engine": "hibari",
         "licence": "MIT",
-        "sources": [{"type": "package", "distribution": "pytest", "version": "9", "module": "_pytest"}],
+        "sources": [
+            {"type": "package", "distribution": "pytest", "version": "9", "module": "_pytest"}
+        ],
     }
     missing = dict(spec, id="nopkg", sources=[dict(spec["sources"][0], module="no_such_module_x")])
     store = ModelStore(tmp_path, manifest_of(spec, missing))
