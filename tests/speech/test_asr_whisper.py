@@ -1,0 +1,273 @@
+"""WhisperAsr (faster-whisper tiny.en, int8) on English TTS clips through G.711 at 8 kHz."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agentd.media.resample import StreamResampler
+from agentd.speech.asr_whisper import WhisperAsr, trim_repetition
+from agentd.speech.interfaces import AsrEngine, SpeechError, Transcript
+from agentd.speech.metrics import normalize_words, wer
+from tests.speech.conftest import (
+    add_noise,
+    find_model,
+    frames_of,
+    speak_espeak,
+    through_g711,
+    with_silence,
+)
+
+MODEL_ID = "whisper-tiny-en"
+SENTENCES = [
+    "Hello, I would like to book an appointment for next Tuesday afternoon.",
+    "Can you transfer me to the sales department please?",
+    "I have a question about my last invoice.",
+    "Please call me back tomorrow morning.",
+    "What time does the office open on Saturday?",
+]
+
+
+def whisper_model_dir() -> Path:
+    """The directory holding model.bin (the pip package keeps it under model/), or skip."""
+    found = find_model(MODEL_ID)
+    for base in [found] if found else []:
+        for candidate in (base, base / "model"):
+            if (candidate / "model.bin").is_file():
+                return candidate
+    pytest.skip(
+        f"model {MODEL_ID} is not installed: run `agentd models fetch {MODEL_ID}` "
+        "or set AGENTD_TEST_MODELS"
+    )
+
+
+@pytest.fixture(scope="module")
+def engine() -> WhisperAsr:
+    return WhisperAsr(whisper_model_dir(), threads=1)
+
+
+def speak_flite(text: str, voice: str = "rms") -> np.ndarray:
+    """`text` spoken by Debian's flite, as int16 at 8 kHz."""
+    if shutil.which("flite") is None:
+        pytest.skip("flite is not installed (apt-get install flite)")
+    done = subprocess.run(
+        ["flite", "-voice", voice, "-o", "/dev/stdout", "-t", text],
+        capture_output=True, timeout=30, check=True,
+    )
+    import io
+
+    with wave.open(io.BytesIO(done.stdout)) as wav:
+        rate = wav.getframerate()
+        native = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(np.int16)
+    resampler = StreamResampler(rate, 8000)
+    return np.concatenate((resampler.process(native), resampler.flush()))
+
+
+def corpus_wer(references: list[str], hypotheses: list[str]) -> float:
+    words = [len(normalize_words(r)) for r in references]
+    errors = [wer(r, h) * n for r, h, n in zip(references, hypotheses, words)]
+    return sum(errors) / sum(words)
+
+
+def phone_clip(pcm: np.ndarray, snr_db: float | None = None) -> np.ndarray:
+    """A caller's turn as the agent hears it: silence around, optional noise, G.711."""
+    padded = with_silence(pcm, 0.3, 0.5)
+    if snr_db is not None:
+        padded = add_noise(padded, snr_db, seed=1)
+    return through_g711(padded)
+
+
+# ---- no model needed ------------------------------------------------------------------
+
+
+def test_missing_model_names_file_and_fetch_command(tmp_path: Path) -> None:
+    with pytest.raises(SpeechError) as error:
+        WhisperAsr(tmp_path)
+    assert "model.bin" in str(error.value)
+    assert f"agentd models fetch {MODEL_ID}" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("What time does the office open on Saturday? What time does the office open on",
+         "What time does the office open on Saturday?"),
+        ("I have a question. I have a question. I have a question.", "I have a question."),
+        ("Please call me back tomorrow morning.", "Please call me back tomorrow morning."),
+        ("No, no, no, no.", "No, no, no, no."),  # a one-word period is what was said
+        ("It is what it is.", "It is what it is."),  # too short a tail to be a loop
+        ("", ""),
+    ],
+)
+def test_trim_repetition(text: str, expected: str) -> None:
+    assert trim_repetition(text) == expected
+
+
+def test_wer() -> None:
+    assert wer("Hello there, world!", "hello there world") == 0.0
+    assert wer("a b c d", "a x c") == 0.5  # one substitution, one deletion
+    assert wer("a b", "a b c d") == 1.0  # two insertions
+    assert wer("", "") == 0.0 and wer("", "x") == 1.0
+
+
+# ---- accuracy -------------------------------------------------------------------------
+
+
+def test_clean_flite_speech_through_g711(engine: WhisperAsr) -> None:
+    hypotheses = [engine.transcribe(phone_clip(speak_flite(t))).text for t in SENTENCES]
+    assert corpus_wer(SENTENCES, hypotheses) <= 0.10, hypotheses
+
+
+def test_noisy_flite_speech_at_20_db_snr(engine: WhisperAsr) -> None:
+    hypotheses = [engine.transcribe(phone_clip(speak_flite(t), 20)).text for t in SENTENCES]
+    assert corpus_wer(SENTENCES, hypotheses) <= 0.20, hypotheses
+
+
+def test_espeak_speech_through_g711(engine: WhisperAsr) -> None:
+    # espeak-ng's formant voice is harder for tiny.en than flite's: a looser bound.
+    texts = [SENTENCES[0], SENTENCES[1], SENTENCES[3], "Thank you very much, goodbye."]
+    hypotheses = [engine.transcribe(phone_clip(speak_espeak(t))).text for t in texts]
+    assert corpus_wer(texts, hypotheses) <= 0.20, hypotheses
+
+
+def test_final_has_confidence(engine: WhisperAsr) -> None:
+    final = engine.transcribe(phone_clip(speak_flite(SENTENCES[2])))
+    assert final.final
+    assert final.confidence is not None and 0.5 < final.confidence <= 1.0
+
+
+def test_utterance_longer_than_one_window(engine: WhisperAsr) -> None:
+    """> 25 s of speech is decoded in windows and joined."""
+    pcm = np.concatenate([with_silence(speak_flite(t), 0.2, 0.4) for t in SENTENCES * 2])
+    assert len(pcm) / 8000 > 27
+    final = engine.transcribe(through_g711(pcm))
+    assert wer(" ".join(SENTENCES * 2), final.text) <= 0.25, final.text
+
+
+# ---- streaming behaviour --------------------------------------------------------------
+
+
+def feed(stream, pcm: np.ndarray) -> list[Transcript]:
+    return [p for p in (stream.accept(f) for f in frames_of(pcm)) if p is not None]
+
+
+def test_partials_for_a_long_utterance(engine: WhisperAsr) -> None:
+    pcm = phone_clip(speak_flite(SENTENCES[0] + " " + SENTENCES[1]))
+    seconds = len(pcm) / 8000
+    stream = engine.open_stream()
+    partials = feed(stream, pcm)
+    assert len(partials) >= 3, partials
+    assert all(not p.final and p.text for p in partials)
+    texts = [p.text for p in partials]
+    assert all(a != b for a, b in zip(texts, texts[1:]))
+    # Decoded about once per second of audio, never per frame.
+    assert stream.decodes <= seconds / engine.partial_interval_s + 1
+    final = stream.finish()
+    assert wer(SENTENCES[0] + " " + SENTENCES[1], final.text) <= 0.15
+
+
+def test_prepare_final_is_reused_when_only_silence_follows(engine: WhisperAsr) -> None:
+    speech = through_g711(with_silence(speak_flite(SENTENCES[1]), 0.3, 0.0))
+    stream = engine.open_stream()
+    feed(stream, speech[: len(speech) // 2])  # partials while the caller talks
+    for frame in frames_of(speech[len(speech) // 2 :]):
+        stream.accept(frame, partial=False)  # last second arrives before a partial is due
+    candidate = stream.prepare_final()  # VAD: first silence
+    decodes = stream.decodes
+    feed(stream, np.zeros(3200, np.int16))  # the end-of-turn wait: 400 ms of silence
+    final = stream.finish()
+    assert stream.decodes == decodes, "finish() decoded again although only silence followed"
+    assert candidate is not None and not candidate.final
+    assert final.final and final.text == candidate.text
+    assert wer(SENTENCES[1], final.text) <= 0.15
+
+
+def test_prepare_final_is_not_reused_when_speech_resumes(engine: WhisperAsr) -> None:
+    first = through_g711(speak_flite("Please call me back."))
+    second = through_g711(speak_flite("Tomorrow morning."))
+    stream = engine.open_stream()
+    feed(stream, first)
+    candidate = stream.prepare_final()
+    decodes = stream.decodes
+    feed(stream, np.zeros(2400, np.int16))
+    for frame in frames_of(second):
+        stream.accept(frame, partial=False)
+    final = stream.finish()
+    assert stream.decodes == decodes + 1
+    assert "tomorrow" not in candidate.text.lower()
+    assert "tomorrow" in final.text.lower(), final.text
+
+
+def test_silence_is_not_decoded(engine: WhisperAsr) -> None:
+    stream = engine.open_stream()
+    assert feed(stream, np.zeros(3 * 8000, np.int16)) == []
+    assert stream.finish() == Transcript("", final=True)
+    assert stream.decodes == 0  # Whisper would have invented "Thank you."
+
+
+def test_cancel_drops_the_utterance(engine: WhisperAsr) -> None:
+    pcm = phone_clip(speak_flite(SENTENCES[0]))
+    stream = engine.open_stream()
+    feed(stream, pcm[: len(pcm) // 2])
+    decodes = stream.decodes
+    stream.cancel()
+    assert feed(stream, pcm[len(pcm) // 2 :]) == []
+    assert stream.prepare_final() is None
+    assert stream.finish() == Transcript("", final=True)
+    assert stream.decodes == decodes
+    stream.cancel()
+
+
+def test_finish_twice_and_accept_after_finish(engine: WhisperAsr) -> None:
+    stream = engine.open_stream()
+    feed(stream, phone_clip(speak_flite("Goodbye.")))
+    first = stream.finish()
+    decodes = stream.decodes
+    assert stream.finish() == first and stream.decodes == decodes
+    with pytest.raises(SpeechError):
+        stream.accept(np.zeros(160, np.int16))
+
+
+def test_bad_input_is_a_speech_error(engine: WhisperAsr) -> None:
+    stream = engine.open_stream()
+    with pytest.raises(SpeechError):
+        stream.accept(np.zeros(160, np.float32))
+    assert stream.accept(np.zeros(0, np.int16)) is None
+
+
+def test_engine_satisfies_interface(engine: WhisperAsr) -> None:
+    asr: AsrEngine = engine
+    assert asr.name == "whisper" and asr.language == "en"
+    with pytest.raises(SpeechError):
+        WhisperAsr(engine.model_dir, language="de")  # tiny.en is English-only
+
+
+def test_two_streams_in_parallel_threads_share_the_model(engine: WhisperAsr) -> None:
+    clips = {t: phone_clip(speak_flite(t)) for t in SENTENCES[1:3]}
+    alone = {t: engine.transcribe(pcm).text for t, pcm in clips.items()}
+    results: dict[str, Transcript] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(clips))
+
+    def work(text: str, pcm: np.ndarray) -> None:
+        try:
+            stream = engine.open_stream()
+            start.wait(timeout=10)
+            feed(stream, pcm)
+            results[text] = stream.finish()
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=item) for item in clips.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert {t: r.text for t, r in results.items()} == alone
