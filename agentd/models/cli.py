@@ -60,11 +60,11 @@ def add_models_parser(commands: Any) -> None:
 def run_models_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
-        manifest = load_manifest(args.manifest)
+        manifest = load_manifest(getattr(args, "manifest", None))
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    store = ModelStore(args.models_dir or default_models_dir(), manifest)
+    store = ModelStore(getattr(args, "models_dir", None) or default_models_dir(), manifest)
     command = args.models_command
     try:
         if command == "list" or command is None:

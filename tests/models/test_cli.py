@@ -114,3 +114,8 @@ def test_offline_fetch_without_installed_package_fails_without_network(
 ) -> None:
     assert main(["models", "fetch", "vad", *setup, "--offline", "--no-progress"]) == 1
     assert pypi.log == []
+
+
+def test_models_without_an_action_lists(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    assert "silero-vad" in capsys.readouterr().out
