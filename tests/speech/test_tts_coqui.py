@@ -111,7 +111,9 @@ def test_engine_describes_itself(coqui: CoquiTts, tiny_model: tuple[Path, Path])
     assert coqui.voice == tiny_model[0].parent.name
 
 
-def test_config_defaults_to_config_json_beside_the_checkpoint(tiny_model: tuple[Path, Path]) -> None:
+def test_config_defaults_to_config_json_beside_the_checkpoint(
+    tiny_model: tuple[Path, Path],
+) -> None:
     assert CoquiTts(tiny_model[0]).native_rate == NATIVE_RATE
 
 
@@ -178,7 +180,9 @@ def test_missing_files_name_the_file(tmp_path: Path, tiny_model: tuple[Path, Pat
         CoquiTts(tiny_model[0], tmp_path / "nope.json")
 
 
-def test_checkpoint_that_does_not_match_its_config(tmp_path: Path, tiny_model: tuple[Path, Path]) -> None:
+def test_checkpoint_that_does_not_match_its_config(
+    tmp_path: Path, tiny_model: tuple[Path, Path]
+) -> None:
     bad = tmp_path / "model.pth"
     bad.write_bytes(b"not a torch checkpoint")
     with pytest.raises(SpeechError, match="does not load"):

@@ -26,7 +26,9 @@ THREE_SENTENCES = (
 
 @pytest.fixture(scope="module")
 def hibari() -> HibariTts:
-    pytest.importorskip("hibari", reason="hibari-tts is not installed: pip install 'agentd[hibari]'")
+    pytest.importorskip(
+        "hibari", reason="hibari-tts is not installed: pip install 'agentd[hibari]'"
+    )
     return HibariTts(threads=1, seed=0)
 
 

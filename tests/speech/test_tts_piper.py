@@ -47,7 +47,8 @@ def test_sentences_split_but_not_after_titles_or_initials() -> None:
 
 
 def test_lines_are_pieces_and_blank_text_has_none() -> None:
-    assert split_for_speech("Line one\n\nLine two. And three") == ["Line one", "Line two.", "And three"]
+    lines = "Line one\n\nLine two. And three"
+    assert split_for_speech(lines) == ["Line one", "Line two.", "And three"]
     assert split_for_speech("") == []
     assert split_for_speech(" \n\t ") == []
 
@@ -65,7 +66,8 @@ def test_long_sentence_cut_at_clauses_then_words() -> None:
 
 
 def test_short_opening_clause_is_its_own_piece_only_when_short() -> None:
-    assert split_for_speech("Okay, let me check that for you.")[:2] == ["Okay,", "let me check that for you."]
+    pieces = split_for_speech("Okay, let me check that for you.")
+    assert pieces == ["Okay,", "let me check that for you."]
     long_head = "Thank you very much for calling Acme Dental Clinic today, how can I help?"
     assert split_for_speech(long_head) == [long_head]
 
@@ -79,8 +81,12 @@ def test_first_words_cuts_a_long_first_sentence_at_a_phrase_word() -> None:
     ]
     assert split_for_speech("Please hold the line while I check.", first_words=4) == [
         "Please hold the line", "while I check."]
-    assert split_for_speech("Please hold the line for me.", first_words=4) == ["Please hold the line for me."]
-    assert split_for_speech(text) == ["Your appointment is on Monday at three o'clock.", "See you then."]
+    short = "Please hold the line for me."  # the tail would be under 3 words
+    assert split_for_speech(short, first_words=4) == [short]
+    assert split_for_speech(text) == [
+        "Your appointment is on Monday at three o'clock.",
+        "See you then.",
+    ]
 
 
 @settings(max_examples=200, deadline=None)
@@ -120,7 +126,10 @@ def test_chunked_resample_stops_pulling_parts_once_cancelled() -> None:
 
 def _voice_paths() -> tuple[Path, Path] | None:
     """The joe voice via the model manager, AGENTD_TEST_MODELS, the pip package or /tmp/wheels."""
-    found = find_model(PIPER_JOE_MODEL_ID, VOICE_FILE) or find_model("piper-en_US-joe-medium", VOICE_FILE)
+    # conftest's own fallback table spells the id "piper-en_US-joe-medium"; try both.
+    found = find_model(PIPER_JOE_MODEL_ID, VOICE_FILE) or find_model(
+        "piper-en_US-joe-medium", VOICE_FILE
+    )
     roots: list[Path] = []
     if os.environ.get("AGENTD_TEST_MODELS"):
         roots.append(Path(os.environ["AGENTD_TEST_MODELS"]))
