@@ -14,7 +14,7 @@ AGENTD_APT_PACKAGES=(
 )
 
 agentd_setup() {
-    local extras=${1:-test,speech,piper}
+    local extras=${1:-test,speech,piper,coqui,llm}
     local missing=() pkg
     for pkg in "${AGENTD_APT_PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
