@@ -84,7 +84,8 @@ def lost_packets(sessions: list[TimedSession]) -> int:
         seqs = np.asarray(s.arrivals[1], dtype=np.int64)
         if not seqs.size:
             continue
-        extended = seqs[0] + np.cumsum(np.concatenate([[0], (np.diff(seqs) + 32768) % 65536 - 32768]))
+        steps = (np.diff(seqs) + 32768) % 65536 - 32768  # signed 16-bit differences
+        extended = seqs[0] + np.cumsum(np.concatenate([[0], steps]))
         lost += int(extended.max() - extended.min() + 1 - np.unique(extended).size)
     return lost
 

@@ -110,7 +110,8 @@ class JitterBuffer:
         self._fd = frame_samples / rate
         self._min_frames = max(1, round(min_depth / self._fd))
         self._max_frames = max(self._min_frames, round(max_depth / self._fd))
-        self._start_frames = min(self._max_frames, max(self._min_frames, round(start_depth / self._fd)))
+        start_frames = round(start_depth / self._fd)
+        self._start_frames = min(self._max_frames, max(self._min_frames, start_frames))
         self._margin = margin
         self._conceal_frames = conceal_frames
         self._conceal_gain = conceal_gain

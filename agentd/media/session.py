@@ -26,7 +26,6 @@ session makes its own. One shared clock per process is the way to run many calls
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import struct
 from collections import deque
@@ -51,8 +50,6 @@ __all__ = [
     "RtpSession",
     "open_session_in_range",
 ]
-
-_log = logging.getLogger(__name__)
 
 PT_PCMU = 0
 PT_PCMA = 8
