@@ -136,6 +136,7 @@ class RtpSession:
         self._closed = False
 
         self._remote: Address | None = None
+        self._sending = True
         self._latched: Address | None = None
         self._latch_final = False
         if remote is not None:
@@ -434,10 +435,20 @@ class RtpSession:
         if self.recorder is not None:
             self.recorder.write_caller(frame.pcm, now)
 
+    def set_sending(self, sending: bool) -> None:
+        """Switch our outgoing RTP on or off (off while the peer holds the call, RFC 3264
+        §8.4), independently of where received packets latch us; the clock keeps running so
+        timestamps stay continuous when sending resumes."""
+        self._sending = sending
+
+    @property
+    def sending(self) -> bool:
+        return self._sending
+
     def _emit(self, pt: int, marker: bool, ts: int, payload: bytes) -> bool:
         """Send one packet to the current remote; False if there is nowhere to send it."""
         target = self._latched or self._remote
-        if target is None or self._transport is None:
+        if target is None or self._transport is None or not self._sending:
             return False
         seq = self._seq
         self._seq = (seq + 1) & 0xFFFF

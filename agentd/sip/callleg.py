@@ -203,13 +203,14 @@ class CallLeg:
     def _apply_media(self, negotiated: NegotiatedMedia) -> None:
         assert self.media is not None
         self.negotiated = negotiated
-        # We stop sending while held (our direction recvonly/inactive) or to 0.0.0.0.
-        sending = negotiated.direction in ("sendrecv", "sendonly")
-        self.on_hold = not sending or negotiated.direction == "inactive"
-        if sending and negotiated.remote_address not in ("0.0.0.0", "::"):
+        # Held (our direction recvonly/inactive, or RFC 2543 hold to 0.0.0.0): stop sending,
+        # even though the holder's music on hold keeps arriving and latching.
+        held_address = negotiated.remote_address in ("0.0.0.0", "::")
+        sending = negotiated.direction in ("sendrecv", "sendonly") and not held_address
+        self.on_hold = not sending
+        if not held_address:
             self.media.set_remote((negotiated.remote_address, negotiated.remote_port))
-        else:
-            self.media.set_remote(None)
+        self.media.set_sending(sending)
 
     async def _send_2xx(
         self,

@@ -426,3 +426,26 @@ async def test_a_cancelled_consumer_does_not_stop_another() -> None:
         assert not survivor.done()
         session.close()
         assert await asyncio.wait_for(survivor, 1.0) >= 5
+
+
+async def test_sending_can_be_switched_off_and_on_with_continuous_timestamps() -> None:
+    """Hold: nothing goes out while sending is off, though the clock keeps running."""
+    sink = await open_sink()
+    try:
+        async with RtpSession(local_host=HOST, remote=sink.address) as session:
+            await asyncio.sleep(0.2)
+            session.set_sending(False)
+            await asyncio.sleep(0.05)
+            held_from = len(sink.received)
+            await asyncio.sleep(0.3)
+            assert len(sink.received) == held_from
+            assert not session.sending
+            session.set_sending(True)
+            await asyncio.sleep(0.2)
+    finally:
+        sink.close()
+    packets = sink.packets()
+    assert len(packets) > held_from
+    gap = ts_diff(packets[held_from].timestamp, packets[held_from - 1].timestamp)
+    # ~0.35 s of clock passed while held: the timestamp jumps by it, not by one frame.
+    assert 160 * 12 <= gap <= 160 * 30

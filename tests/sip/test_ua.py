@@ -425,9 +425,6 @@ async def test_reinvite_hold_stops_our_rtp_and_resume_restarts_it(harness: Harne
     await peer.response(200, "BYE")
 
 
-@pytest.mark.xfail(strict=True, reason="agentd/media/session.py: RtpSession cannot stop sending; "
-                   "set_remote(None) is undone by latching onto the holder's RTP (needs a "
-                   "send on/off switch, e.g. RtpSession.set_sending(False))")
 async def test_hold_stays_silent_while_the_holder_plays_music(harness: Harness) -> None:
     """The usual hold: the peer goes sendonly and keeps sending RTP (music on hold). Our
     RTP must stay off although its packets arrive (symmetric-RTP latching must not undo it)."""
