@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -96,6 +97,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         log.error("cannot listen on %s:%s: %s", config.sip.local_address,
                   config.sip.local_port, exc)
         return 1
+    # Start-up objects (config, models, modules) never die: keep them out of the garbage
+    # collector's full passes, which otherwise stall the media clock for 10+ ms.
+    gc.freeze()
     host, port = ua.local_address
     log.info("agentd listening on %s:%s (%s), registering %s at %s:%s", host, port,
              config.sip.transport, ua.aor, *ua.settings.registrar)

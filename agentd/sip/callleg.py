@@ -135,6 +135,7 @@ class CallLeg:
                 settings.rtp_port_max,
                 payload_type=negotiated.payload_type,
                 dtmf_payload_type=negotiated.telephone_event_pt,
+                clock=self.ua.media_clock,
                 jitter_buffer=JitterBuffer(
                     decode,
                     min_depth=settings.jitter_min_ms / 1000,
