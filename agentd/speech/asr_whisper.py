@@ -39,7 +39,12 @@ _MAX_FRAMES = 3000  # the encoder's positional table: 30 s
 _MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
 _GATE_FRAME = 160  # 20 ms at 8 kHz: the energy gate's frame
 _GATE_FLOOR_RMS = 100.0  # int16 RMS (~ -50 dBFS): quieter than this is never sound
-_GATE_RELATIVE = 0.1  # frames 20 dB under the loudest frame so far count as quiet
+# Gates relative to the utterance's speech level (90th percentile of frame RMS; a
+# percentile, so one loud click cannot make real speech look quiet):
+_SPEECH_GATE = 0.1  # -20 dB: "did the caller say more?" (partials due, reuse of a decode);
+# a 20 dB SNR noise floor stays under it
+_TRIM_GATE = 0.03  # -30 dB: what is kept for decoding; soft word ends stay in
+_TRIM_MARGIN_S = 0.3  # ... plus this much around it
 _WORD_KEY = re.compile(r"[^\w']+")
 
 
@@ -62,7 +67,7 @@ def trim_repetition(text: str, min_tail_words: int = 3, min_period_words: int = 
 @dataclass(frozen=True)
 class _Decoded:
     text: str
-    avg_logprob: float  # per token; nan when nothing was decoded
+    avg_logprob: float  # per token
 
 
 def _check_model_dir(model_dir: Path, model_id: str) -> None:
@@ -80,7 +85,15 @@ def _check_model_dir(model_dir: Path, model_id: str) -> None:
 
 
 class WhisperAsr:
-    """One CTranslate2 Whisper model shared by every call's stream (thread-safe)."""
+    """One CTranslate2 Whisper model shared by every call's stream (thread-safe).
+
+    `model_dir` holds a CTranslate2 Whisper conversion (model.bin, config.json,
+    tokenizer.json). `threads`: CTranslate2 intra-op threads (1 was as fast as 2 whenever
+    anything else ran on this 2-core box). `partial_interval_s`: new audio between partial
+    decodes. `min_window_s`/`pad_s`: encoder window floor and silence padding (see module
+    docstring). `chunk_s`: utterances longer than this are decoded in windows of it.
+    `model_id` names the model in error messages (`agentd models fetch <id>`).
+    """
 
     name = "whisper"
 
@@ -128,6 +141,9 @@ class WhisperAsr:
         self.model_dir = model_dir
         self.beam_size = beam_size
         self.partial_interval_s = partial_interval_s
+        import ctranslate2
+
+        self._storage_view = ctranslate2.StorageView.from_array
         self._tokenizer = Tokenizer(
             self._model.hf_tokenizer, multilingual, task="transcribe", language=language
         )
@@ -155,10 +171,8 @@ class WhisperAsr:
         padded = np.zeros(window * _HOP, dtype=np.float32)
         padded[: min(len(audio), len(padded))] = audio[: len(padded)]
         features = self._model.feature_extractor(padded, padding=0)[:, :window]
-        import ctranslate2
-
         encoded = self._model.model.encode(
-            ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None]))
+            self._storage_view(np.ascontiguousarray(features[None]))
         )
         seconds = len(audio) / WHISPER_RATE
         max_new = min(440 - len(self._prompt), 10 + int(8 * seconds))
@@ -199,9 +213,7 @@ class WhisperStream:
         self._audio16: list[np.ndarray] = []
         self._samples8 = 0
         self._tail8 = np.zeros(0, dtype=np.int16)  # < one gate frame not yet measured
-        self._peak_rms = 0.0
-        self._first_sound = -1  # 8 kHz sample index of the first frame with sound
-        self._last_sound = 0  # ... and the end of the latest one
+        self._levels: list[np.ndarray] = []  # RMS of each 20 ms frame so far
         self._last_partial_at = 0
         self._last_partial_text = ""
         self._best: _Hypothesis | None = None  # newest decode, reusable as the final
@@ -228,9 +240,10 @@ class WhisperStream:
                 partial
                 and self._samples8 - self._last_partial_at
                 >= self._engine.partial_interval_s * TELEPHONE_RATE
-                and self._last_sound > self._last_partial_at
             )
             if due:
+                # Only worth a decode if the caller said something since the last one.
+                due = self._sound_span(_SPEECH_GATE)[1] > self._last_partial_at
                 self._last_partial_at = self._samples8
         if not due or not self._decode_lock.acquire(blocking=False):
             return None  # a final being prepared is worth more than this partial
@@ -284,21 +297,26 @@ class WhisperStream:
     # -- internals --
 
     def _measure(self, samples: np.ndarray) -> None:
-        """Energy gate over 20 ms frames: track where sound starts and last ends."""
+        """Append the RMS of each complete 20 ms frame (caller holds the lock)."""
         data = np.concatenate([self._tail8, samples]) if len(self._tail8) else samples
         whole = len(data) // _GATE_FRAME * _GATE_FRAME
-        base = self._samples8 - len(self._tail8)
         self._tail8 = data[whole:].copy()
-        if not whole:
-            return
-        frames = data[:whole].astype(np.float32).reshape(-1, _GATE_FRAME)
-        rms = np.sqrt(np.mean(frames * frames, axis=1))
-        for index, level in enumerate(rms):
-            self._peak_rms = max(self._peak_rms, float(level))
-            if level >= max(_GATE_FLOOR_RMS, _GATE_RELATIVE * self._peak_rms):
-                if self._first_sound < 0:
-                    self._first_sound = base + index * _GATE_FRAME
-                self._last_sound = base + (index + 1) * _GATE_FRAME
+        if whole:
+            frames = data[:whole].astype(np.float32).reshape(-1, _GATE_FRAME)
+            self._levels.append(np.sqrt(np.mean(frames * frames, axis=1)))
+
+    def _sound_span(self, gate: float) -> tuple[int, int]:
+        """(start, end) in 8 kHz samples of the frames at >= `gate` x the speech level;
+        (0, 0) when nothing rose above the absolute floor (caller holds the lock)."""
+        if len(self._levels) > 1:
+            self._levels = [np.concatenate(self._levels)]
+        levels = self._levels[0] if self._levels else np.zeros(0, np.float32)
+        audible = levels[levels >= _GATE_FLOOR_RMS]
+        if not audible.size:
+            return 0, 0
+        threshold = max(_GATE_FLOOR_RMS, gate * float(np.percentile(audible, 90)))
+        loud = np.flatnonzero(levels >= threshold)
+        return int(loud[0]) * _GATE_FRAME, (int(loud[-1]) + 1) * _GATE_FRAME
 
     def _decode_now(self) -> _Hypothesis | None:
         """Hypothesis for all audio so far; reuses the newest one when only quiet followed.
@@ -309,17 +327,18 @@ class WhisperStream:
             if self._cancelled:
                 return None
             best = self._best
-            if best is not None and best.upto >= self._last_sound:
+            said_until = self._sound_span(_SPEECH_GATE)[1]
+            if best is not None and best.upto >= said_until:
                 return best
             upto = self._samples8
-            if self._first_sound < 0:  # nothing but quiet: nothing to hear
+            first, last = self._sound_span(_TRIM_GATE)
+            if last == 0:  # nothing but quiet: nothing to hear
                 best = _Hypothesis(upto, Transcript("", final=False))
                 self._best = best
                 return best
-            audio = np.concatenate(self._audio16) if self._audio16 else np.zeros(0, np.float32)
-            first, last = self._first_sound, self._last_sound
-        # Keep 0.3 s around the sound: soft word edges sit under the gate.
-        margin = int(0.3 * WHISPER_RATE)
+            audio = np.concatenate(self._audio16) if self._audio16 else np.zeros(0, np.int16)
+        # 8 kHz positions to 16 kHz, with a margin: soft word edges sit under the gate.
+        margin = int(_TRIM_MARGIN_S * WHISPER_RATE)
         begin = max(0, first * 2 - margin)
         end = min(len(audio), last * 2 + margin)
         speech = audio[begin:end].astype(np.float32) / np.float32(32768.0)
@@ -327,7 +346,7 @@ class WhisperStream:
         decoded = self._decode_chunks(speech, begin)
         elapsed = time.perf_counter() - started
         confidence = None
-        if decoded and not math.isnan(decoded[0].avg_logprob):
+        if decoded:
             mean_logprob = sum(d.avg_logprob for d in decoded) / len(decoded)
             confidence = float(min(1.0, max(0.0, math.exp(mean_logprob))))
         text = " ".join(d.text for d in decoded if d.text)

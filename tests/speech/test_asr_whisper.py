@@ -211,6 +211,16 @@ def test_silence_is_not_decoded(engine: WhisperAsr) -> None:
     assert stream.decodes == 0  # Whisper would have invented "Thank you."
 
 
+def test_a_loud_click_does_not_hide_quieter_speech(engine: WhisperAsr) -> None:
+    click = np.full(160, 30000, np.int16)
+    speech = (speak_flite(SENTENCES[3]).astype(np.float32) * 0.25).astype(np.int16)
+    pcm = through_g711(np.concatenate((click, np.zeros(2400, np.int16), speech)))
+    stream = engine.open_stream()
+    feed(stream, pcm)
+    final = stream.finish()
+    assert wer(SENTENCES[3], final.text) <= 0.2, final.text
+
+
 def test_cancel_drops_the_utterance(engine: WhisperAsr) -> None:
     pcm = phone_clip(speak_flite(SENTENCES[0]))
     stream = engine.open_stream()
