@@ -1,0 +1,416 @@
+"""Appointment built-ins on a SQLite calendar:
+
+    slots(id INTEGER PRIMARY KEY, start TEXT, end TEXT, provider TEXT)
+    appointments(id INTEGER PRIMARY KEY, slot_id INTEGER, patient_id TEXT, name TEXT,
+                 phone TEXT, status TEXT 'booked'|'cancelled', created TEXT)
+
+Times without an offset are local to the policy's time zone. A slot is free when no
+'booked' appointment points at it. The caller's appointments are found by the verified
+record id in the call's facts, else by the phone number they give, else by caller ID.
+"""
+
+from __future__ import annotations
+
+import copy
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import Any
+
+from agentd.dialog.tools import _db
+from agentd.dialog.tools._args import int_arg, text_arg, verified_id
+from agentd.dialog.tools._text import phone_key
+from agentd.dialog.tools.dates import (
+    DateOrder,
+    local_now,
+    parse_timestamp,
+    part_of_day_matches,
+    resolve_day,
+    spoken_date,
+    spoken_datetime,
+    spoken_time,
+    zone,
+)
+from agentd.dialog.tools.errors import ToolConfigError, ToolRefused
+from agentd.dialog.types import JsonDict, ToolContext, ToolError
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS slots (
+    id INTEGER PRIMARY KEY, start TEXT NOT NULL, "end" TEXT, provider TEXT
+);
+CREATE INDEX IF NOT EXISTS slots_start ON slots(start);
+CREATE TABLE IF NOT EXISTS appointments (
+    id INTEGER PRIMARY KEY, slot_id INTEGER NOT NULL REFERENCES slots(id), patient_id TEXT,
+    name TEXT, phone TEXT, status TEXT NOT NULL DEFAULT 'booked', created TEXT
+);
+CREATE INDEX IF NOT EXISTS appointments_slot ON appointments(slot_id, status);
+CREATE UNIQUE INDEX IF NOT EXISTS appointments_one_booking ON appointments(slot_id)
+    WHERE status = 'booked';
+"""
+
+MAX_LISTED = 5
+
+
+def create_calendar_db(path: Path | str) -> None:
+    """Create the calendar tables (if absent) in WAL mode; for seed scripts and tests."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA_SQL)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class _Slot:
+    id: int
+    start: datetime
+    provider: str | None
+
+    def to_json(self) -> JsonDict:
+        result: JsonDict = {
+            "slot_id": self.id,
+            "when": spoken_datetime(self.start),
+            "start": self.start.isoformat(),
+        }
+        if self.provider:
+            result["provider"] = self.provider
+        return result
+
+
+class _CalendarTool:
+    """Shared settings and queries of the calendar built-ins."""
+
+    builtin = ""
+    default_description = ""
+    parameters: JsonDict = {"type": "object", "properties": {}}
+
+    def __init__(
+        self,
+        name: str,
+        database: Path | str,
+        *,
+        timezone: str | tzinfo = "UTC",
+        description: str | None = None,
+        confirm: bool = False,
+        date_order: DateOrder = "dmy",
+    ) -> None:
+        self.name = name
+        self.parameters = copy.deepcopy(type(self).parameters)  # callers may adjust theirs
+        self.description = description or self.default_description
+        self.confirm = confirm
+        self.database = Path(database)
+        self.tz = zone(timezone)
+        self.date_order: DateOrder = date_order
+
+    def _slot(self, row: sqlite3.Row) -> _Slot | None:
+        start = parse_timestamp(str(row["start"]), self.tz)
+        if start is None:
+            return None  # a malformed row is skipped, never offered
+        return _Slot(int(row["id"]), start, row["provider"])
+
+    def _is_free(self, conn: sqlite3.Connection, slot_id: int) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM appointments WHERE slot_id = ? AND status = 'booked' LIMIT 1",
+            (slot_id,),
+        ).fetchone()
+        return row is None
+
+    def _chosen_slot(
+        self, conn: sqlite3.Connection, arguments: Mapping[str, Any], now: datetime
+    ) -> _Slot:
+        """The slot named by `slot_id` (or by its exact `start`), future and free."""
+        slot_id = int_arg(arguments, "slot_id")
+        start_text = text_arg(arguments, "start")
+        row: sqlite3.Row | None = None
+        if slot_id is not None:
+            row = conn.execute(
+                "SELECT id, start, provider FROM slots WHERE id = ?", (slot_id,)
+            ).fetchone()
+        elif start_text is not None:
+            wanted = parse_timestamp(start_text, self.tz)
+            if wanted is None:
+                raise ToolRefused("start must be an ISO date and time")
+            for candidate in self._rows_around(conn, wanted.date(), wanted.date()):
+                slot = self._slot(candidate)
+                if slot is not None and slot.start == wanted:
+                    row = candidate
+                    break
+        else:
+            raise ToolRefused("missing slot_id")
+        slot = self._slot(row) if row is not None else None
+        if slot is None:
+            raise ToolRefused("no such slot")
+        if slot.start <= now:
+            raise ToolRefused("that time has already passed")
+        if not self._is_free(conn, slot.id):
+            raise ToolRefused("that time is already taken")
+        return slot
+
+    def _rows_around(self, conn: sqlite3.Connection, first: date, last: date) -> list[sqlite3.Row]:
+        # Stored starts may carry any offset: fetch a day either side by text, then
+        # compare as local datetimes.
+        low = (first - timedelta(days=1)).isoformat()
+        high = (last + timedelta(days=1)).isoformat()
+        return conn.execute(
+            "SELECT id, start, provider FROM slots WHERE substr(start, 1, 10) BETWEEN ? AND ? "
+            "ORDER BY start, id",
+            (low, high),
+        ).fetchall()
+
+    def _free_slots(
+        self,
+        conn: sqlite3.Connection,
+        first: date,
+        last: date,
+        now: datetime,
+        part_of_day: str | None = None,
+        provider: str | None = None,
+    ) -> list[_Slot]:
+        booked = {
+            int(r[0])
+            for r in conn.execute("SELECT slot_id FROM appointments WHERE status = 'booked'")
+            if r[0] is not None
+        }
+        free: list[_Slot] = []
+        for row in self._rows_around(conn, first, last):
+            slot = self._slot(row)
+            if slot is None or slot.id in booked or slot.start <= now:
+                continue
+            if not first <= slot.start.date() <= last:
+                continue
+            if not part_of_day_matches(slot.start, part_of_day):
+                continue
+            if provider and provider.lower() not in (slot.provider or "").lower():
+                continue
+            free.append(slot)
+        free.sort(key=lambda s: (s.start, s.id))
+        return free
+
+    def _caller_appointments(
+        self, conn: sqlite3.Connection, arguments: Mapping[str, Any], context: ToolContext,
+        now: datetime,
+    ) -> list[tuple[int, _Slot]]:
+        """The caller's upcoming booked appointments, soonest first."""
+        patient = verified_id(context.facts)
+        sql = (
+            "SELECT a.id AS appointment_id, s.id, s.start, s.provider FROM appointments a "
+            "JOIN slots s ON s.id = a.slot_id WHERE a.status = 'booked' AND "
+        )
+        if patient is not None:
+            rows = conn.execute(sql + "a.patient_id = ?", (patient,)).fetchall()
+        else:
+            key = phone_key(text_arg(arguments, "phone")) or phone_key(context.caller_id)
+            if key is None:
+                raise ToolRefused("caller not identified: verify them or ask for their phone")
+            rows = conn.execute(sql + "phone_key(a.phone) = ?", (key,)).fetchall()
+        found: list[tuple[int, _Slot]] = []
+        for row in rows:
+            slot = self._slot(row)
+            if slot is not None and slot.start > now:
+                found.append((int(row["appointment_id"]), slot))
+        found.sort(key=lambda pair: (pair[1].start, pair[0]))
+        return found
+
+    def _one_appointment(
+        self, conn: sqlite3.Connection, arguments: Mapping[str, Any], context: ToolContext,
+        now: datetime,
+    ) -> tuple[int, _Slot]:
+        mine = self._caller_appointments(conn, arguments, context, now)
+        wanted = int_arg(arguments, "appointment_id")
+        if wanted is not None:
+            for pair in mine:
+                if pair[0] == wanted:
+                    return pair
+            raise ToolRefused("no such upcoming appointment for this caller")
+        if not mine:
+            raise ToolRefused("the caller has no upcoming appointment")
+        if len(mine) > 1:
+            listed = "; ".join(f"{a}: {spoken_datetime(s.start)}" for a, s in mine[:MAX_LISTED])
+            raise ToolRefused(f"several appointments, ask which and pass appointment_id ({listed})")
+        return mine[0]
+
+    def run(self, arguments: JsonDict, context: ToolContext) -> JsonDict:
+        now = local_now(context.now_iso, self.tz)
+        with _db.connect(self.database) as conn:
+            return self._run(conn, arguments or {}, context, now)
+
+    def _run(
+        self, conn: sqlite3.Connection, arguments: JsonDict, context: ToolContext, now: datetime
+    ) -> JsonDict:
+        raise NotImplementedError
+
+
+_PHONE_PROPERTY = {
+    "type": "string",
+    "description": "Phone number the booking was made with, if not calling from it.",
+}
+_APPOINTMENT_PROPERTY = {
+    "type": "integer",
+    "description": "Which appointment, when the caller has several.",
+}
+
+
+class FindSlots(_CalendarTool):
+    builtin = "calendar.find_slots"
+    default_description = "Find free appointment times on a day."
+    parameters: JsonDict = {
+        "type": "object",
+        "properties": {
+            "day": {
+                "type": "string",
+                "description": 'The day as the caller said it: "tomorrow", "friday", '
+                '"next monday", "14 March", or YYYY-MM-DD.',
+            },
+            "part_of_day": {"type": "string", "enum": ["any", "morning", "afternoon", "evening"]},
+        },
+        "required": ["day"],
+    }
+
+    def __init__(
+        self,
+        name: str,
+        database: Path | str,
+        *,
+        max_results: int = 3,
+        look_ahead_days: int = 14,
+        **settings: Any,
+    ) -> None:
+        super().__init__(name, database, **settings)
+        if max_results < 1 or look_ahead_days < 0:
+            raise ToolConfigError("max_results must be >= 1 and look_ahead_days >= 0")
+        self.max_results = max_results
+        self.look_ahead_days = look_ahead_days
+
+    def _run(
+        self, conn: sqlite3.Connection, arguments: JsonDict, context: ToolContext, now: datetime
+    ) -> JsonDict:
+        said = text_arg(arguments, "day", required=True)
+        assert said is not None
+        day = resolve_day(said, now.date(), order=self.date_order)
+        if day is None:
+            raise ToolRefused(f"could not understand the day {said[:40]!r}; ask again")
+        if day < now.date():
+            raise ToolRefused(f"{spoken_date(day)} has already passed")
+        part = text_arg(arguments, "part_of_day")
+        free = self._free_slots(conn, day, day, now, part)
+        result: JsonDict = {
+            "day": day.isoformat(),
+            "day_spoken": spoken_date(day),
+            "slots": [
+                {**s.to_json(), "time": spoken_time(s.start)} for s in free[: self.max_results]
+            ],
+        }
+        if not free and self.look_ahead_days:
+            later = self._free_slots(
+                conn, day + timedelta(days=1), day + timedelta(days=self.look_ahead_days), now,
+                part,
+            )
+            if later:
+                result["next_free"] = later[0].to_json()
+        return result
+
+
+class Book(_CalendarTool):
+    builtin = "calendar.book"
+    default_description = "Book a free slot (from find_slots) for the caller."
+    parameters: JsonDict = {
+        "type": "object",
+        "properties": {
+            "slot_id": {"type": "integer"},
+            "name": {"type": "string", "description": "The caller's full name."},
+            "phone": {"type": "string", "description": "Contact number, if not caller ID."},
+        },
+        "required": ["slot_id", "name"],
+    }
+
+    def _run(
+        self, conn: sqlite3.Connection, arguments: JsonDict, context: ToolContext, now: datetime
+    ) -> JsonDict:
+        name = text_arg(arguments, "name", required=True)
+        phone = text_arg(arguments, "phone") or context.caller_id
+        with _db.write_transaction(conn):
+            slot = self._chosen_slot(conn, arguments, now)
+            cursor = conn.execute(
+                "INSERT INTO appointments (slot_id, patient_id, name, phone, status, created) "
+                "VALUES (?, ?, ?, ?, 'booked', ?)",
+                (slot.id, verified_id(context.facts), name, phone, context.now_iso),
+            )
+        return {"booked": True, "appointment_id": cursor.lastrowid, **slot.to_json()}
+
+
+class Move(_CalendarTool):
+    builtin = "calendar.move"
+    default_description = "Move the caller's appointment to another free slot."
+    parameters: JsonDict = {
+        "type": "object",
+        "properties": {
+            "slot_id": {"type": "integer", "description": "The new slot (from find_slots)."},
+            "appointment_id": _APPOINTMENT_PROPERTY,
+            "phone": _PHONE_PROPERTY,
+        },
+        "required": ["slot_id"],
+    }
+
+    def _run(
+        self, conn: sqlite3.Connection, arguments: JsonDict, context: ToolContext, now: datetime
+    ) -> JsonDict:
+        with _db.write_transaction(conn):
+            appointment_id, old = self._one_appointment(conn, arguments, context, now)
+            new = self._chosen_slot(conn, arguments, now)
+            updated = conn.execute(
+                "UPDATE appointments SET slot_id = ? WHERE id = ? AND status = 'booked'",
+                (new.id, appointment_id),
+            ).rowcount
+            if updated != 1:
+                raise ToolError("the appointment could not be updated")
+        return {
+            "moved": True,
+            "appointment_id": appointment_id,
+            "from": spoken_datetime(old.start),
+            **new.to_json(),
+        }
+
+
+class Cancel(_CalendarTool):
+    builtin = "calendar.cancel"
+    default_description = "Cancel the caller's upcoming appointment."
+    parameters: JsonDict = {
+        "type": "object",
+        "properties": {"appointment_id": _APPOINTMENT_PROPERTY, "phone": _PHONE_PROPERTY},
+    }
+
+    def _run(
+        self, conn: sqlite3.Connection, arguments: JsonDict, context: ToolContext, now: datetime
+    ) -> JsonDict:
+        with _db.write_transaction(conn):
+            appointment_id, slot = self._one_appointment(conn, arguments, context, now)
+            conn.execute(
+                "UPDATE appointments SET status = 'cancelled' WHERE id = ?", (appointment_id,)
+            )
+        return {"cancelled": True, "appointment_id": appointment_id, **slot.to_json()}
+
+
+class ListAppointments(_CalendarTool):
+    builtin = "calendar.list"
+    default_description = "List the caller's upcoming appointments."
+    parameters: JsonDict = {"type": "object", "properties": {"phone": _PHONE_PROPERTY}}
+
+    def _run(
+        self, conn: sqlite3.Connection, arguments: JsonDict, context: ToolContext, now: datetime
+    ) -> JsonDict:
+        mine = self._caller_appointments(conn, arguments, context, now)
+        return {
+            "count": len(mine),
+            "appointments": [
+                {"appointment_id": a, **s.to_json()} for a, s in mine[:MAX_LISTED]
+            ],
+        }
+
+
+CALENDAR_TOOLS: dict[str, type[_CalendarTool]] = {
+    cls.builtin: cls for cls in (FindSlots, Book, Move, Cancel, ListAppointments)
+}
