@@ -30,6 +30,9 @@ from agentd.config.values import (
     blame,
 )
 
+# After the config parts above: agentd.dialog.policy imports them (see agentd/dialog/__init__).
+from agentd.dialog.policy import DialogConfig  # noqa: E402
+
 DtmfKey = Annotated[
     Literal["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "*", "#"], TypeName("DTMF key")
 ]
@@ -353,6 +356,10 @@ class Config(Section):
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
     speech: SpeechConfig = Field(
         default_factory=SpeechConfig, description="Speech engines and models."
+    )
+    dialog: DialogConfig = Field(
+        default_factory=DialogConfig,
+        description="The AI agent's policy and LLM; absent: the line-test app answers.",
     )
 
     @model_validator(mode="after")
