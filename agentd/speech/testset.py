@@ -339,7 +339,12 @@ def _render_all(spec: TestSetSpec, digest: str, out_dir: Path) -> None:
     before, after = spec.padding_s
     for utterance in spec.utterances:
         voice = voices[utterance.voice]
-        speech = _render(voice, utterance.say, renderers)
+        try:
+            speech = _render(voice, utterance.say, renderers)
+        except (SpeechError, subprocess.SubprocessError, OSError) as exc:
+            if isinstance(exc, TestSetError):
+                raise
+            raise TestSetError(f"voice {voice.id} cannot speak {utterance.id!r}: {exc}") from exc
         if speech.size == 0 or not np.any(speech):
             raise TestSetError(f"voice {voice.id} made no sound for {utterance.id!r}")
         scaled = _scale_to_level(speech, voice.level_dbfs)
