@@ -42,6 +42,11 @@ class ReplyError(ValueError):
     """The model output is not a reply this policy allows (the message says why)."""
 
 
+class LlmError(RuntimeError):
+    """A backend could not produce a reply (model missing, server down or slow, context
+    overflow, bad stream): the agent says so and follows the policy's failure rule."""
+
+
 class SchemaError(ValueError):
     """A tool's parameter schema uses JSON-schema features this layer cannot enforce."""
 

@@ -1,0 +1,518 @@
+"""A local GGUF chat model through llama-cpp-python, constrained to the turn's JSON schema.
+
+What makes a turn fast on two CPU cores:
+- KV-cache reuse: each turn's prompt (system prompt + conversation) is compared token by token
+  with what the context already holds, and only the new tail is evaluated. `prefill` does the
+  same ahead of time (while the caller still speaks) and yields to a waiting `generate`.
+- The prompt ends with the opening of the say field (`{"say": "`), so the first generated
+  tokens are words to speak; `on_say` gets them decoded as they come.
+- Grammar check on the chosen token only: the grammar is applied to the whole vocabulary only
+  when the model's preferred token is rejected (the output is still always grammatical).
+One model per process: share one `LlamaBackend` between calls; a lock serialises its work.
+"""
+
+from __future__ import annotations
+
+import bisect
+import codecs
+import ctypes
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agentd.dialog.jsonstream import SayStream
+from agentd.dialog.schema import LlmError
+from agentd.dialog.types import Cancel, ChatMessage, GenerationStats, JsonDict
+
+SAY_OPENING = '{"say": "'
+_SENTINEL = "\u2063\u2063agentd-prefill-cut\u2063\u2063"
+_CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_GRAMMAR_CACHE_SIZE = 8
+_PREFILL_BATCH = 32  # tokens per prefill step: small enough to yield quickly to generate
+
+
+# ---- context budget ---------------------------------------------------------------------------
+
+
+def fit_messages(
+    messages: Sequence[ChatMessage],
+    budget: int,
+    count_tokens: Callable[[Sequence[ChatMessage]], int],
+    *,
+    block: int = 8,
+    summary_chars: int = 480,
+) -> list[ChatMessage]:
+    """Drop the oldest turns so the prompt fits `budget` tokens.
+
+    Leading system messages stay as they are (their KV cache stays valid). Turns are dropped
+    in blocks of `block` messages so the cut point, and thus the cached prompt prefix, stays
+    the same for several turns; a short system note keeps the gist of what was dropped. The
+    last message is always kept.
+    """
+    messages = list(messages)
+    if count_tokens(messages) <= budget:
+        return messages
+    head_len = 0
+    while head_len < len(messages) and messages[head_len].role == "system":
+        head_len += 1
+    head, body = messages[:head_len], messages[head_len:]
+    if not body:
+        return messages
+    drop = 0
+    while True:
+        drop = min(drop + block, len(body) - 1)
+        fitted = head + [_summary(body[:drop], summary_chars)] + body[drop:]
+        if count_tokens(fitted) <= budget or drop >= len(body) - 1:
+            return fitted
+
+
+def _summary(dropped: Sequence[ChatMessage], limit: int) -> ChatMessage:
+    speaker = {"user": "caller", "assistant": "you", "tool": "tool", "system": "note"}
+    lines: list[str] = []
+    used = 0
+    for message in reversed(dropped):  # the most recent dropped turns matter most
+        text = " ".join(_spoken(message).split())
+        line = f"{speaker[message.role]}: {text[:100]}"
+        if used + len(line) > limit:
+            break
+        lines.append(line)
+        used += len(line)
+    lines.reverse()
+    return ChatMessage(
+        "system",
+        "Earlier in this call (older turns shortened to save space):\n" + "\n".join(lines),
+    )
+
+
+def _spoken(message: ChatMessage) -> str:
+    if message.role == "assistant":
+        try:
+            value = json.loads(message.content)
+        except ValueError:
+            return message.content
+        if isinstance(value, dict) and isinstance(value.get("say"), str):
+            return str(value["say"])
+    return message.content
+
+
+# ---- token memory ---------------------------------------------------------------------------
+
+
+class _TokenMemory:
+    """The bytes of the last prompt (+ reply) and the exact tokens the model saw for them."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.tokens: list[int] = []
+        self.ends: list[int] = []  # byte offset where each token's text ends
+
+    def reusable(self, data: bytes) -> tuple[list[int], int]:
+        """Tokens covering the longest common prefix of `data` that ends on a character
+        boundary, and the byte offset where they end."""
+        low, high = 0, min(len(data), len(self.data))
+        while low < high:  # binary search with C-speed slice compares
+            middle = (low + high + 1) // 2
+            if data[:middle] == self.data[:middle]:
+                low = middle
+            else:
+                high = middle - 1
+        common = low
+        k = bisect.bisect_right(self.ends, common)
+        while k > 0 and self.ends[k - 1] < len(data) and 0x80 <= data[self.ends[k - 1]] < 0xC0:
+            k -= 1  # never cut inside a UTF-8 character
+        return self.tokens[:k], (self.ends[k - 1] if k else 0)
+
+    def remember(self, data: bytes, tokens: list[int], piece: Callable[..., bytes]) -> None:
+        reused = 0
+        while (
+            reused < min(len(tokens), len(self.tokens)) and tokens[reused] == self.tokens[reused]
+        ):
+            reused += 1
+        ends = self.ends[:reused]
+        start = offset = ends[-1] if ends else 0
+        pieces = []
+        for token in tokens[reused:]:
+            pieces.append(piece(token, special=True))
+            offset += len(pieces[-1])
+            ends.append(offset)
+        if b"".join(pieces) != data[start:] or self.data[:start] != data[:start]:
+            self.clear()  # a tokenizer whose pieces do not spell the text: no reuse
+            return
+        self.data, self.tokens, self.ends = data, list(tokens), ends
+
+    def extend(self, tokens: list[int], piece: Callable[..., bytes]) -> None:
+        offset = self.ends[-1] if self.ends else 0
+        for token in tokens:
+            chunk = piece(token, special=True)
+            self.data += chunk
+            offset += len(chunk)
+            self.tokens.append(token)
+            self.ends.append(offset)
+
+    def clear(self) -> None:
+        self.data, self.tokens, self.ends = b"", [], []
+
+
+# ---- the backend ------------------------------------------------------------------------------
+
+
+class LlamaBackend:
+    """`LlmBackend` over llama-cpp-python 0.3.x with streaming, grammar and KV-cache reuse."""
+
+    name = "llama"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = 4096,
+        threads: int = 2,
+        seed: int = 42,
+        temperature: float = 0.0,
+        n_batch: int = 256,
+        say_opening: bool = True,
+        greedy_grammar_check: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        try:
+            import llama_cpp
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+            from llama_cpp.llama_grammar import json_schema_to_gbnf
+        except ImportError as exc:  # the `llm` extra is not installed
+            raise LlmError(f"llama-cpp-python is not installed ({exc}); pip install agentd[llm]")
+        path = Path(model_path)
+        if not path.is_file():
+            raise LlmError(f"LLM model file not found: {path}")
+        self._lib = llama_cpp
+        self._to_gbnf = json_schema_to_gbnf
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                seed=seed,
+                verbose=verbose,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise LlmError(f"cannot load LLM model {path}: {exc}") from None
+        self.model_path = path
+        self.n_ctx = n_ctx
+        self.seed = seed
+        self.temperature = temperature
+        self.say_opening = say_opening
+        self.greedy_grammar_check = greedy_grammar_check
+        self.last_stats: GenerationStats | None = None
+        self.last_grammar_fallbacks = 0  # tokens of the last reply that needed the full mask
+        self._memory = _TokenMemory()
+        self._lock = threading.RLock()
+        self._waiting = 0  # generate calls waiting for the lock: prefill yields to them
+        self._waiting_lock = threading.Lock()
+        self._vocab = self._llm._model.vocab
+        self._n_vocab = self._llm.n_vocab()
+        self._samplers: OrderedDict[str, Any] = OrderedDict()  # grammar text -> sampler
+        self._candidates = (llama_cpp.llama_token_data * self._n_vocab)()
+        self._candidates_np = np.ctypeslib.as_array(self._candidates)
+        self._candidates_np["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        self._one = (llama_cpp.llama_token_data * 1)()
+        self._piece = ctypes.create_string_buffer(256)
+        template = self._llm.metadata.get("tokenizer.chat_template") or _CHATML
+        eos = self._token_text(self._llm.token_eos())
+        bos = self._token_text(self._llm.token_bos())
+        self._formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
+        self._formatter_open = Jinja2ChatFormatter(
+            template, eos_token=eos, bos_token=bos, add_generation_prompt=False
+        )
+
+    # ---- prompt --------------------------------------------------------------------------
+
+    def render(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
+        """The prompt text the model's chat template makes of `messages`."""
+        formatter = self._formatter if add_generation_prompt else self._formatter_open
+        dicts = [{"role": m.role, "content": m.content} for m in messages]
+        return str(formatter(messages=dicts).prompt)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return len(self.tokenize(self.render(messages)))
+
+    def fit(self, messages: Sequence[ChatMessage], max_tokens: int = 256) -> list[ChatMessage]:
+        """`messages` shortened (oldest turns first) so prompt + reply fit the context."""
+        budget = self.n_ctx - max_tokens - 16
+        return fit_messages(messages, budget, self.count_tokens)
+
+    def _prompt_tokens(
+        self, messages: Sequence[ChatMessage], schema: JsonDict | None
+    ) -> tuple[list[int], str, str]:
+        opening = SAY_OPENING if schema is not None and self._opens_with_say(schema) else ""
+        text = self.render(messages) + opening
+        return self._tokenize_prompt(text), opening, text
+
+    def _tokenize_prompt(self, text: str) -> list[int]:
+        """Tokens for `text`, reusing the tokens the model last saw for a common prefix.
+
+        A reply's own tokens are often not what the tokenizer makes of the same text; a
+        prompt that repeats the reply would otherwise miss the KV cache from there on."""
+        data = text.encode("utf-8")
+        reused, cut = self._memory.reusable(data)
+        tokens = reused + self.tokenize(data[cut:].decode("utf-8"))
+        self._memory.remember(data, tokens, self._token_bytes)
+        return tokens
+
+    def _opens_with_say(self, schema: JsonDict) -> bool:
+        properties = schema.get("properties")
+        return (
+            self.say_opening
+            and isinstance(properties, dict)
+            and next(iter(properties), None) == "say"
+            and properties["say"].get("type") == "string"
+            and "say" in schema.get("required", [])
+        )
+
+    # ---- KV cache ------------------------------------------------------------------------
+
+    def _cached_prefix(self, tokens: Sequence[int]) -> int:
+        held = self._llm.input_ids[: self._llm.n_tokens]
+        n = min(len(held), len(tokens))
+        if n == 0:
+            return 0
+        diff = np.nonzero(held[:n] != np.asarray(tokens[:n], dtype=held.dtype))[0]
+        return int(diff[0]) if diff.size else n
+
+    def _evaluate(self, tokens: Sequence[int], *, need_logits: bool) -> int:
+        """Make the context hold exactly `tokens`; return how many were already cached."""
+        cached = self._cached_prefix(tokens)
+        if need_logits and cached == len(tokens):
+            cached -= 1  # re-evaluate the last token to get fresh logits
+        self._llm.n_tokens = cached  # eval() drops the KV entries after this point
+        self._eval(tokens[cached:])
+        return cached
+
+    def _eval(self, tokens: Sequence[int]) -> None:
+        if not tokens:
+            return
+        try:
+            self._llm.eval(list(tokens))
+        except RuntimeError as exc:
+            raise LlmError(f"llama.cpp could not evaluate the prompt: {exc}") from None
+
+    def prefill(self, messages: list[ChatMessage]) -> None:
+        """Evaluate the prompt of `messages` (the last one still open) into the KV cache.
+
+        Stops early when a `generate` is waiting, so it never delays a reply."""
+        if not messages:
+            return
+        with self._lock:
+            last = messages[-1]
+            if last.role in ("user", "tool"):
+                marked = [*messages[:-1], ChatMessage(last.role, last.content + _SENTINEL)]
+                text = self.render(marked, add_generation_prompt=False).split(_SENTINEL)[0]
+            else:
+                text = self.render(messages, add_generation_prompt=True)
+            tokens = self._tokenize_prompt(text)
+            if len(tokens) >= self.n_ctx:
+                return
+            done = self._cached_prefix(tokens)
+            while done < len(tokens) and not self._waiting:
+                step = min(done + _PREFILL_BATCH, len(tokens))
+                self._llm.n_tokens = done
+                self._eval(tokens[done:step])
+                done = step
+
+    # ---- grammar -------------------------------------------------------------------------
+
+    def _grammar(self, schema: JsonDict) -> Any:
+        """A reset grammar sampler for `schema` (cached: parsing a grammar takes a while)."""
+        key = json.dumps(schema, sort_keys=False)
+        sampler = self._samplers.get(key)
+        if sampler is None:
+            try:
+                gbnf = self._to_gbnf(key)
+            except Exception as exc:  # the converter raises plain exceptions and asserts
+                raise LlmError(f"cannot build a grammar from the schema: {exc}") from None
+            sampler = self._lib.llama_sampler_init_grammar(
+                self._vocab, gbnf.encode("utf-8"), b"root"
+            )
+            if not sampler:
+                raise LlmError("llama.cpp rejected the grammar built from the schema")
+            self._samplers[key] = sampler
+            while len(self._samplers) > _GRAMMAR_CACHE_SIZE:
+                _, old = self._samplers.popitem(last=False)
+                self._lib.llama_sampler_free(old)
+        else:
+            self._samplers.move_to_end(key)
+            self._lib.llama_sampler_reset(sampler)
+        return sampler
+
+    def _grammar_allows(self, grammar: Any, token: int, logit: float) -> bool:
+        self._one[0].id = token
+        self._one[0].logit = logit
+        self._one[0].p = 0.0
+        array = self._lib.llama_token_data_array(self._one, 1, -1, False)
+        self._lib.llama_sampler_apply(grammar, ctypes.byref(array))
+        return bool(np.isfinite(self._one[0].logit))
+
+    # ---- sampling ------------------------------------------------------------------------
+
+    def _logits(self) -> np.ndarray:
+        pointer = self._lib.llama_get_logits_ith(self._llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+
+    def _pick(self, logits: np.ndarray, rng: np.random.Generator) -> int:
+        if self.temperature <= 0.0:
+            return int(np.argmax(logits))
+        finite = np.isfinite(logits)
+        scaled = np.where(finite, logits / self.temperature, -np.inf)
+        scaled -= scaled[finite].max()
+        probs = np.exp(scaled)
+        probs /= probs.sum()
+        return int(rng.choice(self._n_vocab, p=probs))
+
+    def _sample(self, grammar: Any, rng: np.random.Generator) -> int:
+        logits = self._logits()
+        if self.greedy_grammar_check:
+            token = self._pick(logits, rng)
+            if self._grammar_allows(grammar, token, float(logits[token])):
+                return token
+        self.last_grammar_fallbacks += 1
+        self._candidates_np["logit"] = logits
+        array = self._lib.llama_token_data_array(self._candidates, self._n_vocab, -1, False)
+        self._lib.llama_sampler_apply(grammar, ctypes.byref(array))
+        allowed = self._candidates_np["logit"].copy()
+        if not np.isfinite(allowed).any():
+            raise LlmError("the grammar allows no token: the output cannot be completed")
+        return self._pick(allowed, rng)
+
+    def _token_text(self, token: int) -> str:
+        return self._token_bytes(token, special=True).decode("utf-8", errors="replace")
+
+    def _token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        n = self._lib.llama_token_to_piece(self._vocab, token, self._piece, 256, 0, special)
+        if n < 0:
+            buffer = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buffer, -n, 0, special)
+            return buffer.raw[:n]
+        return self._piece.raw[:n]
+
+    # ---- generation ----------------------------------------------------------------------
+
+    def generate(
+        self,
+        messages: list[ChatMessage],
+        schema: JsonDict,
+        *,
+        max_tokens: int = 256,
+        on_say: Callable[[str], None] | None = None,
+        cancel: Cancel | None = None,
+    ) -> tuple[str, GenerationStats]:
+        """The model's JSON reply to `messages`, following `schema`.
+
+        `on_say` receives the say text as it is decoded. A cancelled generation stops at the
+        next token and returns the text so far (incomplete JSON): check `cancel.cancelled`.
+        """
+        started = time.perf_counter()
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+        try:
+            return self._generate(messages, schema, max_tokens, on_say, cancel, started)
+        finally:
+            self._lock.release()
+
+    def _generate(
+        self,
+        messages: list[ChatMessage],
+        schema: JsonDict,
+        max_tokens: int,
+        on_say: Callable[[str], None] | None,
+        cancel: Cancel | None,
+        started: float,
+    ) -> tuple[str, GenerationStats]:
+        grammar = self._grammar(schema)
+        messages = self.fit(messages, max_tokens)
+        tokens, opening, _ = self._prompt_tokens(messages, schema)
+        if len(tokens) + max_tokens > self.n_ctx:
+            raise LlmError(
+                f"prompt of {len(tokens)} tokens + {max_tokens} to generate exceeds the "
+                f"context of {self.n_ctx}"
+            )
+        stream = SayStream()
+        if opening:
+            for token in self.tokenize(opening):
+                if not self._grammar_allows(grammar, token, 0.0):
+                    raise LlmError("the schema does not start with the say field")
+                self._lib.llama_sampler_accept(grammar, token)
+            stream.feed(opening)
+        if cancel is not None and cancel.cancelled:
+            return opening, self._stats(len(tokens), 0, 0, started, None)
+        cached = self._evaluate(tokens, need_logits=True)
+        self.last_grammar_fallbacks = 0
+        reply_tokens: list[int] = []
+        rng = np.random.default_rng(self.seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = [opening]
+        first_token_at: float | None = None
+        generated = 0
+        while generated < max_tokens:
+            if cancel is not None and cancel.cancelled:
+                break
+            token = self._sample(grammar, rng)
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            generated += 1
+            if self._lib.llama_vocab_is_eog(self._vocab, token):
+                break
+            self._lib.llama_sampler_accept(grammar, token)
+            reply_tokens.append(token)
+            piece = decoder.decode(self._token_bytes(token))
+            text.append(piece)
+            spoken = stream.feed(piece)
+            if spoken and on_say is not None:
+                on_say(spoken)
+            if stream.complete:
+                break
+            self._eval([token])
+        text.append(decoder.decode(b"", final=True))
+        reply = "".join(text)
+        self._memory.extend(reply_tokens, self._token_bytes)
+        stats = self._stats(len(tokens), cached, generated, started, first_token_at)
+        self.last_stats = stats
+        return reply, stats
+
+    @staticmethod
+    def _stats(
+        prompt: int, cached: int, generated: int, started: float, first_at: float | None
+    ) -> GenerationStats:
+        now = time.perf_counter()
+        return GenerationStats(
+            prompt_tokens=prompt,
+            cached_tokens=cached,
+            completion_tokens=generated,
+            first_token_ms=((first_at or now) - started) * 1000.0,
+            total_ms=(now - started) * 1000.0,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            while self._samplers:
+                _, sampler = self._samplers.popitem()
+                self._lib.llama_sampler_free(sampler)
+            self._llm.close()
