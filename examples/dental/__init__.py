@@ -1,0 +1,1 @@
+"""Bright Smile Dental: verify a patient, find and move appointments, confirm by webhook."""
