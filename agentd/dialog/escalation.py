@@ -51,7 +51,7 @@ class EscalationRule:
 class Escalation:
     """A rule fired: say `say` (if any), then transfer to `target` or (None) end the call."""
 
-    kind: RuleKind
+    kind: str  # a RuleKind, or "limit" / "keypad" for the session's own reasons
     target: str | None
     say: str | None
     reason: str
@@ -75,7 +75,7 @@ def rules_from_policy(rules: Iterable[Any]) -> tuple[EscalationRule, ...]:
                 target=getattr(rule, "target", None),
                 say=getattr(rule, "say", None),
                 topics=tuple(getattr(rule, "topics", None) or ()),
-                count=int(getattr(rule, "count", None) or 1),
+                count=int(getattr(rule, "repeat_count", None) or getattr(rule, "count", None) or 1),
                 below=float(getattr(rule, "below", None) or 0.0),
             )
         )
