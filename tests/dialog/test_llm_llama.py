@@ -188,11 +188,14 @@ def test_concurrent_calls_are_serialised_and_match_sequential(backend: LlamaBack
     assert [results[0], results[1]] == expected
 
 
+TAKE_YOUR_TIME = '{"say": "Take your time.", "action": {"type": "none"}}'
+
+
 def test_long_call_is_fitted_into_the_context(backend: LlamaBackend) -> None:
     messages = [SYSTEM]
     for i in range(60):
         messages.append(ChatMessage("user", f"Turn {i}: I am still thinking about which day."))
-        messages.append(ChatMessage("assistant", '{"say": "Take your time.", "action": {"type": "none"}}'))
+        messages.append(ChatMessage("assistant", TAKE_YOUR_TIME))
     messages.append(ChatMessage("user", "Tuesday please."))
     assert backend.count_tokens(messages) > backend.n_ctx
     text, stats = backend.generate(messages, SCHEMA, max_tokens=200)
@@ -221,9 +224,8 @@ def long_call(turns: int) -> list[ChatMessage]:
     messages = [ChatMessage("system", "policy " * 20)]
     for i in range(turns):
         messages.append(ChatMessage("user", f"caller line {i} " + "word " * 8))
-        messages.append(
-            ChatMessage("assistant", json.dumps({"say": f"agent line {i}", "action": {"type": "none"}}))
-        )
+        said = json.dumps({"say": f"agent line {i}", "action": {"type": "none"}})
+        messages.append(ChatMessage("assistant", said))
     return messages
 
 
