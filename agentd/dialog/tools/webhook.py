@@ -85,6 +85,10 @@ class WebhookCaller:
 
     def send(self, values: Mapping[str, Any], default_body: Any = None) -> JsonDict:
         """Send once plus retries; {"status": code, "response": trimmed JSON or text}."""
+        for name in self.spec.url.fields:
+            # "." or ".." is a path segment that would climb the URL (clients normalise it)
+            if str(values.get(name, "")).strip() in (".", ".."):
+                raise ToolRefused(f"{name} is not a valid value")
         try:
             url = self.spec.render_url(values)
             headers = self.spec.render_headers(values)
