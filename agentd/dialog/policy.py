@@ -41,6 +41,30 @@ from agentd.config.values import (
 from agentd.config.yaml_source import parse_yaml
 from agentd.dialog.types import ToolError
 
+# ---- the base of every policy model --------------------------------------------------------
+
+
+class PolicySection(Section):
+    """A config Section whose unknown keys get a did-you-mean even inside a mapping or list
+    (the config layer's hint follows field names only, and tools/rules sit under names and
+    indices)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if isinstance(key, str) and key not in cls.model_fields:
+                    close = difflib.get_close_matches(key, list(cls.model_fields), n=1, cutoff=0.6)
+                    hint = (
+                        f" (did you mean {close[0]!r}?)"
+                        if close
+                        else f"; expected one of: {', '.join(cls.model_fields)}"
+                    )
+                    raise blame(key, "unknown key" + hint)
+        return data
+
+
 # ---- names and texts ------------------------------------------------------------------------
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -355,7 +379,7 @@ def parse_timezone(value: Any) -> str:
 TimeZoneName = Annotated[str, *_plain(parse_timezone, "time zone")]
 
 
-class AgentSpec(Section):
+class AgentSpec(PolicySection):
     """Who the agent is and how it opens and closes a call."""
 
     name: Text = Field(description="The agent's name, as it introduces itself.")
@@ -379,7 +403,7 @@ class AgentSpec(Section):
         return ZoneInfo(self.timezone)
 
 
-class KnowledgeItem(Section):
+class KnowledgeItem(PolicySection):
     topic: Text
     answer: Text
 
@@ -456,7 +480,7 @@ DataFile = Annotated[Path, *_plain(_existing_file, "existing file")]
 HeaderName = Annotated[str, *_plain(_header_name, "header name")]
 
 
-class WebhookSpec(Section):
+class WebhookSpec(PolicySection):
     """An HTTP call; url, header values and body strings may hold {field} templates and
     ${env:NAME} / ${file:path} secrets."""
 
@@ -545,7 +569,7 @@ def _check_parameters(schema: dict[str, Any]) -> None:
             raise blame("parameters.required", f"{name!r} is not in properties")
 
 
-class ToolSpec(Section):
+class ToolSpec(PolicySection):
     """One business tool: exactly one of `builtin` and `webhook`, plus the builtin's options."""
 
     builtin: BuiltinName | None = Field(None, description="A built-in tool.")
@@ -669,7 +693,7 @@ class ToolSpec(Section):
 # ---- flows ----------------------------------------------------------------------------------
 
 
-class FlowSpec(Section):
+class FlowSpec(PolicySection):
     """A repeatable job: its goal, the facts to collect and the steps to follow."""
 
     goal: Text
@@ -710,7 +734,7 @@ def _parse_rule_kind(value: Any) -> str:
 DEFAULT_RULE_COUNT = 2  # misunderstanding / low_confidence: times in a row
 
 
-class TargetSpec(Section):
+class TargetSpec(PolicySection):
     uri: TransferTarget
     label: Text | None = None
 
@@ -722,7 +746,7 @@ def _target_value(value: Any) -> Any:
     return value
 
 
-class EscalationRule(Section):
+class EscalationRule(PolicySection):
     """When to hand the call over (or close it) and to whom."""
 
     when: Annotated[str, *_plain(_parse_rule_kind, "rule kind")]
@@ -760,7 +784,7 @@ class EscalationRule(Section):
         return self
 
 
-class TransferFailure(Section):
+class TransferFailure(PolicySection):
     say: Text = "I'm sorry, nobody is available right now. I'll make sure someone calls you back."
     then: Literal["end_call", "continue"] = "end_call"
 
@@ -780,7 +804,7 @@ def _handoff_line(value: Any) -> str:
     return text
 
 
-class EscalationSpec(Section):
+class EscalationSpec(PolicySection):
     targets: dict[Name, TargetSpec] = Field(default_factory=dict)
     handoff_line: Annotated[str, *_plain(_handoff_line, "text")] = (
         "Let me put you through to {target_label} now."
@@ -856,7 +880,7 @@ DayHours = Annotated[
 ]
 
 
-class HoursSpec(Section):
+class HoursSpec(PolicySection):
     """Opening hours per weekday in the agent's time zone; a missing day is closed."""
 
     monday: DayHours = ()
@@ -873,7 +897,7 @@ class HoursSpec(Section):
         return ranges
 
 
-class LimitsSpec(Section):
+class LimitsSpec(PolicySection):
     max_turns: Integer = Field(30, ge=1, le=500)
     max_call_seconds: Integer = Field(600, ge=10, le=86_400)
     silence_reprompt_seconds: Number = Field(7.0, gt=0, le=120)
@@ -889,7 +913,7 @@ DtmfKey = Annotated[
 ]
 
 
-class DtmfAction(Section):
+class DtmfAction(PolicySection):
     """What a key does; keys not listed reach the agent as keypad input."""
 
     transfer: Name | None = None
@@ -912,7 +936,7 @@ class DtmfAction(Section):
 # ---- the policy -----------------------------------------------------------------------------
 
 
-class Policy(Section):
+class Policy(PolicySection):
     """A validated call-flow policy. Paths inside are absolute."""
 
     agent: AgentSpec
