@@ -171,9 +171,7 @@ def build_calendar(
     return _finish(temp, path)
 
 
-def build_table(
-    path: Path, schema: str, table: str, rows: Iterable[dict[str, object]]
-) -> Path:
+def build_table(path: Path, schema: str, table: str, rows: Iterable[dict[str, object]]) -> Path:
     """An SQLite file holding one table made by `schema`, filled with `rows`."""
     temp = _fresh(path)
     with sqlite3.connect(temp) as conn:

@@ -23,8 +23,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import Field, PlainSerializer, PlainValidator, PrivateAttr, ValidationInfo
-from pydantic import field_validator, model_validator
+from pydantic import (
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agentd.config.errors import ConfigError, ConfigIssue
 from agentd.config.validate import validate_document
@@ -434,7 +441,10 @@ _BUILTIN_OPTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "calendar.list": (frozenset({"database"}), frozenset({"database"})),
     "records.lookup": (_RECORD_KEYS | {"fields"}, frozenset({"records"})),
     "records.update": (_RECORD_KEYS | {"fields", "condition"}, frozenset({"records", "fields"})),
-    "identity.verify": (frozenset({"records", "table", "match", "id_field"}), frozenset({"records"})),
+    "identity.verify": (
+        frozenset({"records", "table", "match", "id_field"}),
+        frozenset({"records"}),
+    ),
 }
 DEFAULT_IDENTITY_MATCH = ("name", "date_of_birth")
 # records.update's guard: one comparison such as `shipped == 0` or `status != 'delivered'`.
@@ -558,7 +568,9 @@ def _check_parameters(schema: dict[str, Any]) -> None:
             raise blame(where, "expected a mapping such as {type: string}")
         for key in spec:
             if key not in _PROPERTY_KEYS:
-                raise blame(f"{where}.{key}", f"unsupported schema key; use {sorted(_PROPERTY_KEYS)}")
+                raise blame(
+                    f"{where}.{key}", f"unsupported schema key; use {sorted(_PROPERTY_KEYS)}"
+                )
         if "enum" not in spec and spec.get("type") not in _JSON_TYPES:
             raise blame(f"{where}.type", f"expected one of {', '.join(_JSON_TYPES)}")
     required = schema.get("required", [])
@@ -635,7 +647,9 @@ class ToolSpec(PolicySection):
         if "parameters" in given:
             raise blame("parameters", f"{builtin} defines its own parameters")
         for option in sorted(given - _COMMON_OPTIONS - allowed):
-            raise blame(option, f"not an option of {builtin}; its options: {', '.join(sorted(allowed))}")
+            raise blame(
+                option, f"not an option of {builtin}; its options: {', '.join(sorted(allowed))}"
+            )
         for option in sorted(needed - given):
             raise blame("builtin", f"{builtin} needs {option}")
         if self.records is not None:
@@ -650,10 +664,10 @@ class ToolSpec(PolicySection):
             self.key or self.caller_id_field
         ):
             raise blame("builtin", f"{builtin} needs key, caller_id_field or both")
-        if self.match is not None and (
-            "name" not in self.match or len(set(self.match)) < 2
-        ):
-            raise blame("match", "expected name and at least one more column, e.g. [name, postcode]")
+        if self.match is not None and ("name" not in self.match or len(set(self.match)) < 2):
+            raise blame(
+                "match", "expected name and at least one more column, e.g. [name, postcode]"
+            )
         if builtin == "records.update":
             if not self.fields:
                 raise blame("fields", "list the columns the caller may change")
@@ -927,9 +941,9 @@ class DtmfAction(PolicySection):
         if self.transfer is None and self.say is None and not self.end_call:
             raise blame("transfer", "required: give transfer, say or end_call")
         declared = _declared(info)
-        if declared is not None and self.transfer is not None:
-            if self.transfer not in declared.targets:
-                raise blame("transfer", _unknown_target(self.transfer, declared.targets))
+        known = declared.targets if declared is not None else None
+        if known is not None and self.transfer is not None and self.transfer not in known:
+            raise blame("transfer", _unknown_target(self.transfer, known))
         return self
 
 
@@ -977,7 +991,8 @@ class Policy(PolicySection):
         targets, tools = set(self.escalation.targets), set(self.tools)
         for index, rule in enumerate(self.escalation.rules):
             if rule.target is not None and rule.target not in targets:
-                raise blame(f"escalation.rules", f"[{index}] {_unknown_target(rule.target, targets)}")
+                message = _unknown_target(rule.target, targets)
+                raise blame("escalation.rules", f"[{index}] {message}")
             if rule.when == "outside_hours" and self.hours is None:
                 raise blame("escalation.rules", f"[{index}] outside_hours needs an hours: section")
         for key, action in self.dtmf.items():
@@ -1120,7 +1135,9 @@ def load_policy(path: str | Path) -> Policy:
             [ConfigIssue(source, None, "", f"cannot read: {exc.strerror or exc}")]
         ) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError([ConfigIssue(source, None, "", f"not UTF-8 text: {exc.reason}")]) from None
+        raise ConfigError(
+            [ConfigIssue(source, None, "", f"not UTF-8 text: {exc.reason}")]
+        ) from None
     policy = parse_policy(text, source=source, base_dir=Path(path).resolve().parent)
     policy._source = Path(path).resolve()
     return policy
@@ -1181,8 +1198,9 @@ class DialogConfig(Section):
     """The AI agent: its policy (a file or inline) and the LLM. Absent: the line-test app."""
 
     policy_file: FilePath | None = Field(
-        None, description="Policy YAML file (exactly one of policy_file and policy); "
-        "relative to the config file."
+        None,
+        description="Policy YAML file (exactly one of policy_file and policy); "
+        "relative to the config file.",
     )
     policy: Policy | None = Field(
         None, description="The policy inline (see examples/*/policy.yaml for its keys)."

@@ -155,7 +155,9 @@ def test_targets_uris_labels_and_handoff_line(tmp_path: Path) -> None:
 
 
 def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
-    text = edit("    database: data/cal.sqlite\n    confirm", "    databse: data/cal.sqlite\n    confirm")
+    text = edit(
+        "    database: data/cal.sqlite\n    confirm", "    databse: data/cal.sqlite\n    confirm"
+    )
     path = write_policy(tmp_path, text)
     assert only_error(path) == (
         f"{path}:{line_of(text, 'databse')}: tools.move_appointment.databse: "
@@ -173,7 +175,10 @@ def test_unknown_top_level_section(tmp_path: Path) -> None:
 
 
 def test_rule_target_must_be_declared(tmp_path: Path) -> None:
-    text = edit("      topics: [insurance]\n      target: billing", "      topics: [insurance]\n      target: bililng")
+    text = edit(
+        "      topics: [insurance]\n      target: billing",
+        "      topics: [insurance]\n      target: bililng",
+    )
     path = write_policy(tmp_path, text)
     message = only_error(path)
     assert message.startswith(
@@ -184,7 +189,7 @@ def test_rule_target_must_be_declared(tmp_path: Path) -> None:
 
 
 def test_null_target_needs_a_say_line(tmp_path: Path) -> None:
-    text = edit("      target: null\n      say: \"We're closed.\"\n", "      target: null\n")
+    text = edit('      target: null\n      say: "We\'re closed."\n', "      target: null\n")
     path = write_policy(tmp_path, text)
     assert only_error(path) == (
         f"{path}:{line_of(text, 'when: outside_hours')}: escalation.rules[3].say: "
@@ -233,7 +238,10 @@ def test_builtin_typo(tmp_path: Path) -> None:
 
 
 def test_builtin_option_of_another_builtin(tmp_path: Path) -> None:
-    text = edit("    database: data/cal.sqlite\n    confirm", "    database: data/cal.sqlite\n    records: data/patients.csv\n    confirm")
+    text = edit(
+        "    database: data/cal.sqlite\n    confirm",
+        "    database: data/cal.sqlite\n    records: data/patients.csv\n    confirm",
+    )
     path = write_policy(tmp_path, text)
     assert only_error(path).startswith(
         f"{path}:{line_of(text, 'records: data/patients.csv', 2)}: tools.move_appointment.records: "
@@ -302,14 +310,17 @@ def test_bad_timezone(tmp_path: Path) -> None:
 def test_empty_greeting(tmp_path: Path) -> None:
     text = edit('greeting: "Hello, this is Ava."', 'greeting: "  "')
     path = write_policy(tmp_path, text)
-    assert only_error(path) == f"{path}:{line_of(text, 'greeting')}: agent.greeting: must not be empty"
+    assert (
+        only_error(path) == f"{path}:{line_of(text, 'greeting')}: agent.greeting: must not be empty"
+    )
 
 
 def test_flow_without_steps(tmp_path: Path) -> None:
     text = edit("    steps:\n      - Verify the caller.\n", "    steps: []\n")
     path = write_policy(tmp_path, text)
     assert only_error(path) == (
-        f"{path}:{line_of(text, 'steps: []')}: flows.reschedule.steps: a flow needs at least one step"
+        f"{path}:{line_of(text, 'steps: []')}: flows.reschedule.steps: "
+        "a flow needs at least one step"
     )
 
 
