@@ -36,7 +36,9 @@ SLOTS = [
 ]
 
 
-def ctx(caller_id: str | None = CALLER, facts: dict[str, Any] | None = None, now: str = NOW) -> ToolContext:
+def ctx(
+    caller_id: str | None = CALLER, facts: dict[str, Any] | None = None, now: str = NOW
+) -> ToolContext:
     return ToolContext(caller_id=caller_id, call_ref="call-1", now_iso=now, facts=facts or {})
 
 
@@ -152,7 +154,9 @@ def test_move_by_caller_id_and_by_verified_patient(db: Path) -> None:
     assert result["when"] == "Monday 17 March at 9:30 am"
     # the old slot is free again, the new one taken
     free = FindSlots("f", db, timezone=TZ, max_results=10).run({"day": "monday"}, ctx())
-    assert 5 in [s["slot_id"] for s in free["slots"]] and 4 not in [s["slot_id"] for s in free["slots"]]
+    assert 5 in [s["slot_id"] for s in free["slots"]] and 4 not in [
+        s["slot_id"] for s in free["slots"]
+    ]
     # Bob, verified by identity, calling from another phone
     facts = {"verified": {"tool": "verify_identity", "patient_id": "P002"}}
     moved = move.run({"slot_id": 8}, ctx(caller_id="01234 567890", facts=facts))

@@ -93,7 +93,9 @@ def test_resolve_day_next_weekday_from_sunday_and_year_end() -> None:
     assert resolve_day("03/20", FRIDAY, order="mdy") == date(2025, 3, 20)
 
 
-@pytest.mark.parametrize("said", ["blah", "", "someday soon", "32nd of March", "31/02", "friday fish"])
+@pytest.mark.parametrize(
+    "said", ["blah", "", "someday soon", "32nd of March", "31/02", "friday fish"]
+)
 def test_resolve_day_rejects_nonsense(said: str) -> None:
     assert resolve_day(said, FRIDAY) is None
 

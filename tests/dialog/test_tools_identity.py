@@ -20,7 +20,9 @@ P004,Ann Leigh,1985-05-03,B1 1AA,
 
 
 def ctx(call_ref: str = "call-1") -> ToolContext:
-    return ToolContext(caller_id=None, call_ref=call_ref, now_iso="2025-03-14T10:00:00+00:00", facts={})
+    return ToolContext(
+        caller_id=None, call_ref=call_ref, now_iso="2025-03-14T10:00:00+00:00", facts={}
+    )
 
 
 @pytest.fixture
@@ -41,16 +43,37 @@ def patients(tmp_path: Path) -> Path:
 )
 def test_verified_by_name_and_birth_date(patients: Path, name: str, dob: str) -> None:
     result = Verify("verify_identity", patients).run({"name": name, "date_of_birth": dob}, ctx())
-    assert result == {"verified": True, "patient_id": "P001", "record_id": "P001", "name": "Ann Lee"}
+    assert result == {
+        "verified": True,
+        "patient_id": "P001",
+        "record_id": "P001",
+        "name": "Ann Lee",
+    }
 
 
 def test_fuzzy_names_accents_and_asr_slips(patients: Path) -> None:
     verify = Verify("verify_identity", patients)
-    assert verify.run({"name": "Jose Garcia", "date_of_birth": "23/11/1990"}, ctx())["patient_id"] == "P002"
-    assert verify.run({"name": "Shivon O'Neill", "date_of_birth": "9 January 1972"}, ctx("c2"))["verified"] is False
-    assert verify.run({"name": "Siobhan O Neil", "date_of_birth": "9 January 1972"}, ctx("c3"))["patient_id"] == "P003"
+    assert (
+        verify.run({"name": "Jose Garcia", "date_of_birth": "23/11/1990"}, ctx())["patient_id"]
+        == "P002"
+    )
+    assert (
+        verify.run({"name": "Shivon O'Neill", "date_of_birth": "9 January 1972"}, ctx("c2"))[
+            "verified"
+        ]
+        is False
+    )
+    assert (
+        verify.run({"name": "Siobhan O Neil", "date_of_birth": "9 January 1972"}, ctx("c3"))[
+            "patient_id"
+        ]
+        == "P003"
+    )
     # two patients share a birthday: the closer name wins, never the other one
-    assert verify.run({"name": "Ann Leigh", "date_of_birth": "3 May 1985"}, ctx("c4"))["patient_id"] == "P004"
+    assert (
+        verify.run({"name": "Ann Leigh", "date_of_birth": "3 May 1985"}, ctx("c4"))["patient_id"]
+        == "P004"
+    )
 
 
 def test_failure_leaks_nothing(patients: Path) -> None:
@@ -63,7 +86,9 @@ def test_failure_leaks_nothing(patients: Path) -> None:
 def test_date_order_is_explicit(patients: Path) -> None:
     us = Verify("verify_identity", patients, date_order="mdy")
     assert us.run({"name": "Ann Lee", "date_of_birth": "05/03/1985"}, ctx())["verified"] is True
-    assert us.run({"name": "Ann Lee", "date_of_birth": "03/05/1985"}, ctx("c2"))["verified"] is False
+    assert (
+        us.run({"name": "Ann Lee", "date_of_birth": "03/05/1985"}, ctx("c2"))["verified"] is False
+    )
     # a date that is not valid in that order is reported as not understood (no attempt used)
     unclear = us.run({"name": "Ann Lee", "date_of_birth": "23/11/1990"}, ctx("c3"))
     assert unclear["verified"] is False and "not understood" in unclear["reason"]
@@ -81,7 +106,10 @@ def test_name_and_postcode(patients: Path) -> None:
 def test_attempts_are_limited_per_call(patients: Path) -> None:
     verify = Verify("verify_identity", patients, max_attempts=2)
     for _ in range(2):
-        assert verify.run({"name": "Ann Lee", "date_of_birth": "1 Jan 1980"}, ctx())["verified"] is False
+        assert (
+            verify.run({"name": "Ann Lee", "date_of_birth": "1 Jan 1980"}, ctx())["verified"]
+            is False
+        )
     with pytest.raises(ToolRefused, match="too many"):
         verify.run({"name": "Ann Lee", "date_of_birth": "3 May 1985"}, ctx())
     # another call is unaffected

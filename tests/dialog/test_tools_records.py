@@ -19,7 +19,9 @@ ORDERS = [
 
 
 def ctx(caller_id: str | None = None) -> ToolContext:
-    return ToolContext(caller_id=caller_id, call_ref="c1", now_iso="2025-03-14T10:00:00+00:00", facts={})
+    return ToolContext(
+        caller_id=caller_id, call_ref="c1", now_iso="2025-03-14T10:00:00+00:00", facts={}
+    )
 
 
 @pytest.fixture
@@ -37,17 +39,28 @@ def orders(tmp_path: Path) -> Path:
 
 
 def lookup(path: Path, **kw: object) -> Lookup:
-    settings: dict[str, object] = {"table": "orders", "key": "order_number", "caller_id_field": "phone"}
+    settings: dict[str, object] = {
+        "table": "orders",
+        "key": "order_number",
+        "caller_id_field": "phone",
+    }
     settings.update(kw)
-    return Lookup("lookup_order", path, **settings)  # type: ignore[arg-type]
+    return Lookup("lookup_order", path, **settings)
 
 
 @pytest.mark.parametrize("said", ["A B 1 2 3", "ab-123", "AB123", "a b one two three", "A.B. 123"])
 def test_lookup_by_spoken_order_number(orders: Path, said: str) -> None:
-    result = lookup(orders, fields=["order_number", "status", "eta"]).run({"order_number": said}, ctx())
+    result = lookup(orders, fields=["order_number", "status", "eta"]).run(
+        {"order_number": said}, ctx()
+    )
     assert result["found"] is True and result["by"] == "order_number"
     assert result["records"] == [
-        {"order_number": "AB123", "status": "shipped", "eta": "2025-03-18", "eta_spoken": "Tuesday 18 March"}
+        {
+            "order_number": "AB123",
+            "status": "shipped",
+            "eta": "2025-03-18",
+            "eta_spoken": "Tuesday 18 March",
+        }
     ]
 
 
@@ -75,7 +88,9 @@ def test_lookup_not_found_and_no_caller_id(orders: Path) -> None:
 
 def test_lookup_csv(tmp_path: Path) -> None:
     csv_path = tmp_path / "orders.csv"
-    csv_path.write_text("order_number,phone,status\nXY-55,07700 900123,delivered\n", encoding="utf-8")
+    csv_path.write_text(
+        "order_number,phone,status\nXY-55,07700 900123,delivered\n", encoding="utf-8"
+    )
     tool = Lookup("lookup", csv_path, key="order_number", caller_id_field="phone")
     assert tool.run({"order_number": "x y 5 5"}, ctx())["records"][0]["status"] == "delivered"
     assert tool.run({}, ctx("+447700900123"))["found"] is True
@@ -114,7 +129,8 @@ def update(path: Path, **kw: object) -> Update:
 def address_of(path: Path, order: str) -> str:
     conn = sqlite3.connect(path)
     try:
-        return conn.execute("SELECT address FROM orders WHERE order_number = ?", (order,)).fetchone()[0]
+        row = conn.execute("SELECT address FROM orders WHERE order_number = ?", (order,))
+        return str(row.fetchone()[0])
     finally:
         conn.close()
 

@@ -81,8 +81,12 @@ def policy_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     data.mkdir()
     create_calendar_db(data / "dental.sqlite")
     conn = sqlite3.connect(data / "dental.sqlite")
-    conn.execute("INSERT INTO slots (id, start, provider) VALUES (1, '2025-03-17T09:00:00', 'Dr P')")
-    conn.execute("INSERT INTO slots (id, start, provider) VALUES (2, '2025-03-17T10:00:00', 'Dr P')")
+    conn.execute(
+        "INSERT INTO slots (id, start, provider) VALUES (1, '2025-03-17T09:00:00', 'Dr P')"
+    )
+    conn.execute(
+        "INSERT INTO slots (id, start, provider) VALUES (2, '2025-03-17T10:00:00', 'Dr P')"
+    )
     conn.execute(
         "INSERT INTO appointments (slot_id, patient_id, name, phone, status) "
         "VALUES (1, 'P001', 'Ann Lee', '555 010 0000', 'booked')"
@@ -90,10 +94,13 @@ def policy_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     conn.commit()
     conn.close()
     (data / "patients.csv").write_text(
-        "patient_id,name,date_of_birth,postcode,phone\nP001,Ann Lee,1985-05-03,10001,\n", encoding="utf-8"
+        "patient_id,name,date_of_birth,postcode,phone\nP001,Ann Lee,1985-05-03,10001,\n",
+        encoding="utf-8",
     )
     conn = sqlite3.connect(data / "orders.sqlite")
-    conn.execute("CREATE TABLE orders (order_number TEXT PRIMARY KEY, phone TEXT, address TEXT, shipped INTEGER)")
+    conn.execute(
+        "CREATE TABLE orders (order_number TEXT PRIMARY KEY, phone TEXT, address TEXT, shipped INTEGER)"
+    )
     conn.commit()
     conn.close()
     (tmp_path / "policy.yaml").write_text(POLICY, encoding="utf-8")
@@ -112,7 +119,10 @@ def test_builds_every_tool_kind(policy_dir: Path) -> None:
     }  # fmt: skip
     assert isinstance(tools["find_slots"], FindSlots) and tools["find_slots"].max_results == 2
     assert str(tools["find_slots"].tz) == "America/New_York"
-    assert isinstance(tools["verify_identity"], Verify) and tools["verify_identity"].date_order == "mdy"
+    assert (
+        isinstance(tools["verify_identity"], Verify)
+        and tools["verify_identity"].date_order == "mdy"
+    )
     assert isinstance(tools["lookup_order"], Lookup)
     assert isinstance(tools["change_address"], Update) and tools["change_address"].confirm
     webhook = tools["send_confirmation"]
@@ -133,12 +143,20 @@ def test_requires_then_facts_after_a_verification(policy_dir: Path) -> None:
     context = ToolContext(caller_id="+1 212 555 0199", call_ref="c", now_iso=now, facts=facts)
     with pytest.raises(ToolRefused, match="verify_identity"):
         tools["move_appointment"].run({"slot_id": 2}, context)
-    failed = tools["verify_identity"].run({"name": "Ann Lee", "date_of_birth": "03/05/1985"}, context)
+    failed = tools["verify_identity"].run(
+        {"name": "Ann Lee", "date_of_birth": "03/05/1985"}, context
+    )
     assert failed == {"verified": False}  # mdy: March 5
     assert facts_after("verify_identity", failed, facts) == {}
-    result = tools["verify_identity"].run({"name": "ann lee", "date_of_birth": "05/03/1985"}, context)
+    result = tools["verify_identity"].run(
+        {"name": "ann lee", "date_of_birth": "05/03/1985"}, context
+    )
     facts = facts_after(tools["verify_identity"], result, facts)
-    assert facts["verified"] == {"tool": "verify_identity", "patient_id": "P001", "record_id": "P001"}
+    assert facts["verified"] == {
+        "tool": "verify_identity",
+        "patient_id": "P001",
+        "record_id": "P001",
+    }
     assert facts["succeeded"] == ["verify_identity"]
     context = ToolContext(caller_id="+1 212 555 0199", call_ref="c", now_iso=now, facts=facts)
     moved = tools["move_appointment"].run({"slot_id": 2}, context)

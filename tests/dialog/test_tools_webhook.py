@@ -18,7 +18,9 @@ from agentd.dialog.tools.errors import ToolConfigError, ToolRefused
 from agentd.dialog.tools.webhook import WebhookTool, post_handoff, trim
 from agentd.dialog.types import HandoffRecord, ToolContext, ToolError, TranscriptLine
 
-CONTEXT = ToolContext(caller_id="+44 7700 900123", call_ref="call-42", now_iso="2025-03-14T10:00:00+00:00", facts={})
+CONTEXT = ToolContext(
+    caller_id="+44 7700 900123", call_ref="call-42", now_iso="2025-03-14T10:00:00+00:00", facts={}
+)
 
 
 @dataclass
@@ -54,7 +56,9 @@ class FakeServer:
                     reply = server.replies.pop(0) if len(server.replies) > 1 else server.replies[0]
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
-                payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                payload = (
+                    reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                )
                 try:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", "application/json")
@@ -72,7 +76,9 @@ class FakeServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05})
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}
+        )
         self.thread.start()
 
     def close(self) -> None:
@@ -98,7 +104,11 @@ def test_success_with_templating_and_encoding(server: FakeServer) -> None:
         "method": "POST",
         "url": server.url + "/api/appointments/{appointment_id}/confirm?who={caller_id}",
         "headers": {"X-Call": "{call_ref}"},
-        "body": {"appointment_id": "{appointment_id}", "caller": "{caller_id}", "note": "id {appointment_id}!"},
+        "body": {
+            "appointment_id": "{appointment_id}",
+            "caller": "{caller_id}",
+            "note": "id {appointment_id}!",
+        },
     }
     server.replies = [Reply(200, {"sent": True, "id": "m-1"})]
     result = tool(spec).run({"appointment_id": 17, "caller_id": "forged"}, CONTEXT)
@@ -108,7 +118,11 @@ def test_success_with_templating_and_encoding(server: FakeServer) -> None:
     assert seen.path == "/api/appointments/17/confirm?who=%2B44%207700%20900123"
     assert seen.headers["X-Call"] == "call-42"
     # a whole-placeholder keeps its type; caller_id comes from the call, not the arguments
-    assert json.loads(seen.body) == {"appointment_id": 17, "caller": "+44 7700 900123", "note": "id 17!"}
+    assert json.loads(seen.body) == {
+        "appointment_id": 17,
+        "caller": "+44 7700 900123",
+        "note": "id 17!",
+    }
 
 
 def test_url_values_cannot_escape_the_path(server: FakeServer) -> None:
@@ -126,7 +140,9 @@ def test_default_body_is_the_arguments(server: FakeServer) -> None:
     assert server.seen[0].headers["Content-Type"] == "application/json"
 
 
-def test_secret_header_from_env_and_file(server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_header_from_env_and_file(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CRM_TOKEN_TEST", "s3cr{et}")
     (tmp_path / "key.txt").write_text("file-key\n", encoding="utf-8")
     spec = {
@@ -169,7 +185,9 @@ def test_500_twice_is_a_tool_error(server: FakeServer) -> None:
     assert len(server.seen) == 2
 
 
-@pytest.mark.parametrize(("status", "kind"), [(404, ToolError), (401, ToolError), (422, ToolRefused)])
+@pytest.mark.parametrize(
+    ("status", "kind"), [(404, ToolError), (401, ToolError), (422, ToolRefused)]
+)
 def test_4xx_is_not_retried(server: FakeServer, status: int, kind: type[Exception]) -> None:
     server.replies = [Reply(status, {"error": "no such appointment"})]
     with pytest.raises(kind, match=f"HTTP {status}: no such appointment"):
@@ -192,7 +210,9 @@ def test_text_and_large_responses_are_trimmed(server: FakeServer) -> None:
     server.replies = [Reply(200, b"plain words " * 100)]
     result = tool({"method": "GET", "url": server.url + "/t"}).run({}, CONTEXT)
     assert result["response"].startswith("plain words") and len(result["response"]) <= 303
-    server.replies = [Reply(200, {"items": list(range(100)), "deep": {"a": {"b": {"c": {"d": 1}}}}})]
+    server.replies = [
+        Reply(200, {"items": list(range(100)), "deep": {"a": {"b": {"c": {"d": 1}}}}})
+    ]
     result = tool({"method": "GET", "url": server.url + "/t"}).run({}, CONTEXT)
     assert result["response"]["items"] == list(range(10))
     assert result["response"]["deep"]["a"]["b"]["c"] == "..."
@@ -230,7 +250,10 @@ def test_post_handoff(server: FakeServer) -> None:
     assert result["response"] == {"ticket": 9}
     sent = json.loads(server.seen[-1].body)
     assert sent["call_ref"] == "call-42" and sent["transcript"][0]["text"] == "a person please"
-    templated = {"url": server.url + "/h/{call_ref}", "body": {"ref": "{call_ref}", "from": "{caller_id}"}}
+    templated = {
+        "url": server.url + "/h/{call_ref}",
+        "body": {"ref": "{call_ref}", "from": "{caller_id}"},
+    }
     post_handoff(templated, record)
     assert server.seen[-1].path == "/h/call-42"
     assert json.loads(server.seen[-1].body) == {"ref": "call-42", "from": "07700900123"}

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from agentd.dialog.tools import _db
 from agentd.dialog.tools._args import int_arg, text_arg, verified_id
@@ -86,7 +86,7 @@ class _CalendarTool:
 
     builtin = ""
     default_description = ""
-    parameters: JsonDict = {"type": "object", "properties": {}}
+    PARAMETERS: ClassVar[JsonDict] = {"type": "object", "properties": {}}
 
     def __init__(
         self,
@@ -99,7 +99,7 @@ class _CalendarTool:
         date_order: DateOrder = "dmy",
     ) -> None:
         self.name = name
-        self.parameters = copy.deepcopy(type(self).parameters)  # callers may adjust theirs
+        self.parameters: JsonDict = copy.deepcopy(self.PARAMETERS)  # callers may adjust theirs
         self.description = description or self.default_description
         self.confirm = confirm
         self.database = Path(database)
@@ -191,7 +191,10 @@ class _CalendarTool:
         return free
 
     def _caller_appointments(
-        self, conn: sqlite3.Connection, arguments: Mapping[str, Any], context: ToolContext,
+        self,
+        conn: sqlite3.Connection,
+        arguments: Mapping[str, Any],
+        context: ToolContext,
         now: datetime,
     ) -> list[tuple[int, _Slot]]:
         """The caller's upcoming booked appointments, soonest first."""
@@ -216,7 +219,10 @@ class _CalendarTool:
         return found
 
     def _one_appointment(
-        self, conn: sqlite3.Connection, arguments: Mapping[str, Any], context: ToolContext,
+        self,
+        conn: sqlite3.Connection,
+        arguments: Mapping[str, Any],
+        context: ToolContext,
         now: datetime,
     ) -> tuple[int, _Slot]:
         mine = self._caller_appointments(conn, arguments, context, now)
@@ -257,7 +263,7 @@ _APPOINTMENT_PROPERTY = {
 class FindSlots(_CalendarTool):
     builtin = "calendar.find_slots"
     default_description = "Find free appointment times on a day."
-    parameters: JsonDict = {
+    PARAMETERS: ClassVar[JsonDict] = {
         "type": "object",
         "properties": {
             "day": {
@@ -306,7 +312,10 @@ class FindSlots(_CalendarTool):
         }
         if not free and self.look_ahead_days:
             later = self._free_slots(
-                conn, day + timedelta(days=1), day + timedelta(days=self.look_ahead_days), now,
+                conn,
+                day + timedelta(days=1),
+                day + timedelta(days=self.look_ahead_days),
+                now,
                 part,
             )
             if later:
@@ -317,7 +326,7 @@ class FindSlots(_CalendarTool):
 class Book(_CalendarTool):
     builtin = "calendar.book"
     default_description = "Book a free slot (from find_slots) for the caller."
-    parameters: JsonDict = {
+    PARAMETERS: ClassVar[JsonDict] = {
         "type": "object",
         "properties": {
             "slot_id": {"type": "integer"},
@@ -345,7 +354,7 @@ class Book(_CalendarTool):
 class Move(_CalendarTool):
     builtin = "calendar.move"
     default_description = "Move the caller's appointment to another free slot."
-    parameters: JsonDict = {
+    PARAMETERS: ClassVar[JsonDict] = {
         "type": "object",
         "properties": {
             "slot_id": {"type": "integer", "description": "The new slot (from find_slots)."},
@@ -378,7 +387,7 @@ class Move(_CalendarTool):
 class Cancel(_CalendarTool):
     builtin = "calendar.cancel"
     default_description = "Cancel the caller's upcoming appointment."
-    parameters: JsonDict = {
+    PARAMETERS: ClassVar[JsonDict] = {
         "type": "object",
         "properties": {"appointment_id": _APPOINTMENT_PROPERTY, "phone": _PHONE_PROPERTY},
     }
@@ -397,7 +406,7 @@ class Cancel(_CalendarTool):
 class ListAppointments(_CalendarTool):
     builtin = "calendar.list"
     default_description = "List the caller's upcoming appointments."
-    parameters: JsonDict = {"type": "object", "properties": {"phone": _PHONE_PROPERTY}}
+    PARAMETERS: ClassVar[JsonDict] = {"type": "object", "properties": {"phone": _PHONE_PROPERTY}}
 
     def _run(
         self, conn: sqlite3.Connection, arguments: JsonDict, context: ToolContext, now: datetime
@@ -405,9 +414,7 @@ class ListAppointments(_CalendarTool):
         mine = self._caller_appointments(conn, arguments, context, now)
         return {
             "count": len(mine),
-            "appointments": [
-                {"appointment_id": a, **s.to_json()} for a, s in mine[:MAX_LISTED]
-            ],
+            "appointments": [{"appointment_id": a, **s.to_json()} for a, s in mine[:MAX_LISTED]],
         }
 
 

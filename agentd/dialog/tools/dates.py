@@ -30,9 +30,10 @@ _WEEKDAYS = {
     "saturday": 5, "sat": 5, "sunday": 6, "sun": 6,
 }  # fmt: skip
 _MONTH_NAMES = (
-    "January February March April May June July August September October November December"
-).split()
-_DAY_NAMES = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+    "January", "February", "March", "April", "May", "June", "July", "August", "September",
+    "October", "November", "December",
+)  # fmt: skip
+_DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _FILLER = {"on", "the", "of", "for", "at", "please", "coming", "day", "date", "a", "um", "uh"}
 
 
@@ -199,7 +200,7 @@ def resolve_day(text: str, today: date, *, order: DateOrder = "dmy") -> date | N
     # "the 14th": this month's, or next month's if it has passed
     if len(tokens) == 1 and tokens[0].isdigit() and len(tokens[0]) <= 2:
         day_number = int(tokens[0])
-        for months_ahead in range(0, 3):
+        for months_ahead in range(3):
             month_index = today.month - 1 + months_ahead
             candidate = _make(today.year + month_index // 12, month_index % 12 + 1, day_number)
             if candidate is not None and candidate >= today:
@@ -209,12 +210,12 @@ def resolve_day(text: str, today: date, *, order: DateOrder = "dmy") -> date | N
 
 
 def spoken_date(day: date) -> str:
-    """"Tuesday 14 March"."""
+    """ "Tuesday 14 March"."""
     return f"{_DAY_NAMES[day.weekday()]} {day.day} {_MONTH_NAMES[day.month - 1]}"
 
 
 def spoken_time(moment: time | datetime) -> str:
-    """"2:30 pm", "9 am", "noon"."""
+    """ "2:30 pm", "9 am", "noon"."""
     if moment.hour == 12 and moment.minute == 0:
         return "noon"
     hour = moment.hour % 12 or 12
@@ -225,7 +226,7 @@ def spoken_time(moment: time | datetime) -> str:
 
 
 def spoken_datetime(moment: datetime) -> str:
-    """"Tuesday 14 March at 2:30 pm"."""
+    """ "Tuesday 14 March at 2:30 pm"."""
     return f"{spoken_date(moment.date())} at {spoken_time(moment)}"
 
 

@@ -51,7 +51,9 @@ class _RecordTool:
         self.name = name
         self.source = RecordSource(records, table)
         self.key = _checked(key, "key") if key else None
-        self.caller_id_field = _checked(caller_id_field, "caller_id_field") if caller_id_field else None
+        self.caller_id_field = (
+            _checked(caller_id_field, "caller_id_field") if caller_id_field else None
+        )
         self.fields = tuple(_checked(f, "field") for f in fields) if fields else None
         self.confirm = confirm
         self.description = description or ""
@@ -201,9 +203,7 @@ class Update(_RecordTool):
         if not self.source.is_sqlite:
             raise ToolConfigError(f"{name}: records.update needs a SQLite table, not a CSV")
         self.condition = Condition(condition) if condition else None
-        self.refusal = refusal or (
-            f"not allowed: {condition}" if condition else "not allowed"
-        )
+        self.refusal = refusal or (f"not allowed: {condition}" if condition else "not allowed")
         assert self.fields is not None
         for field in self.fields:
             self.parameters["properties"][field] = {

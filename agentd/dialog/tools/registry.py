@@ -24,8 +24,10 @@ def build_tools(policy: Policy, base_dir: Path | str | None = None) -> dict[str,
     """Every tool the policy declares, by name. Paths in a loaded policy are already
     absolute; a relative one resolves against `base_dir` (default: the policy's folder).
     ToolConfigError names the tool on a setting the tools cannot use."""
-    base = Path(base_dir) if base_dir is not None else (
-        policy.source.parent if policy.source is not None else Path.cwd()
+    base = (
+        Path(base_dir)
+        if base_dir is not None
+        else (policy.source.parent if policy.source is not None else Path.cwd())
     )
     tools: dict[str, Tool] = {}
     for name, spec in policy.tools.items():

@@ -36,7 +36,9 @@ MAX_BACKOFF_S = 2.0
 _REFUSED_STATUSES = {409, 422}  # the server understood and said no: a business refusal
 
 
-def webhook_spec(settings: WebhookSpec | Mapping[str, Any], base_dir: Path | None = None) -> WebhookSpec:
+def webhook_spec(
+    settings: WebhookSpec | Mapping[str, Any], base_dir: Path | None = None
+) -> WebhookSpec:
     """The policy's webhook model, validating a plain mapping (secrets resolved against
     `base_dir`); ToolConfigError with pydantic's first message when it is not valid."""
     if isinstance(settings, WebhookSpec):
@@ -120,7 +122,7 @@ class WebhookCaller:
                     raise ToolError("timed out") from None
                 except httpx.HTTPError:
                     raise ToolError("connection failed") from None
-                except Exception:  # bad URL after templating, TLS setup, ...: never crash a call
+                except Exception:  # noqa: BLE001  bad URL after templating, TLS setup, ...: never crash a call
                     raise ToolError("webhook request could not be made") from None
                 if status >= 500:
                     failure = f"HTTP {status}"
@@ -167,8 +169,9 @@ def _decode(body: bytes, content_type: str) -> Any:
 def _detail(decoded: Any) -> str:
     if isinstance(decoded, dict):
         for key in ("error", "message", "detail"):
-            if isinstance(decoded.get(key), str):
-                return decoded[key][:120]
+            value = decoded.get(key)
+            if isinstance(value, str):
+                return value[:120]
         return ""
     return decoded[:120] if isinstance(decoded, str) else ""
 
@@ -220,5 +223,8 @@ def post_handoff(
         else WebhookCaller(target, base_dir=base_dir, sleep=sleep)
     )
     document = record.to_json() if isinstance(record, HandoffRecord) else dict(record)
-    values = {"call_ref": document.get("call_ref") or "", "caller_id": document.get("caller_id") or ""}
+    values = {
+        "call_ref": document.get("call_ref") or "",
+        "caller_id": document.get("caller_id") or "",
+    }
     return caller.send(values, default_body=document)
