@@ -22,6 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     from agentd.models.cli import add_models_parser
 
     add_models_parser(commands)
+    from agentd.dialog.chat import add_chat_parser
+    from agentd.dialog.flows import add_test_flows_parser
+
+    add_chat_parser(commands)
+    add_test_flows_parser(commands)
     return parser
 
 
@@ -51,6 +56,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agentd.models.cli import run_models_command
 
         return run_models_command(args)
+    if args.command == "chat":
+        from agentd.dialog.chat import run_chat_command
+
+        return run_chat_command(args)
+    if args.command == "test-flows":
+        from agentd.dialog.flows import run_test_flows_command
+
+        return run_test_flows_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

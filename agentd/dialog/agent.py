@@ -601,7 +601,13 @@ class DialogSession:
         engine = self.engine
         tools = engine.tool_parameters if schema is not None else {}
         schema = schema if schema is not None else engine.schema_without_tools
-        messages = build_messages(engine.system_prompt, self.history, max_chars=engine.context_chars)
+        fit = getattr(engine.llm, "fit", None)
+        if callable(fit):  # the backend counts real tokens and keeps its cached prefix
+            messages = fit(build_messages(engine.system_prompt, self.history), engine.max_tokens)
+        else:
+            messages = build_messages(
+                engine.system_prompt, self.history, max_chars=engine.context_chars
+            )
         cancel = Cancel()
         self._cancel = cancel
         events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
