@@ -67,7 +67,12 @@ def test_find_slots_by_day_word_skips_booked_and_past(db: Path) -> None:
     monday = find.run({"day": "monday"}, ctx())
     assert monday["day"] == "2025-03-17" and monday["day_spoken"] == "Monday 17 March"
     assert [s["slot_id"] for s in monday["slots"]] == [3, 4, 6, 7]  # 5 is booked
-    assert monday["slots"][0]["when"] == "Monday 17 March at 9 am"
+    assert monday["slots"][0] == {
+        "slot_id": 3,
+        "time": "9 am",
+        "start": "2025-03-17T09:00:00+00:00",
+        "provider": "Dr Patel",
+    }
     assert monday["slots"][2]["time"] == "2:30 pm"
     today = find.run({"day": "today"}, ctx())
     assert [s["slot_id"] for s in today["slots"]] == [2]  # 9 am already passed

@@ -146,6 +146,8 @@ def test_update_address_when_not_shipped(orders: Path) -> None:
 
 
 def test_update_refused_when_shipped_and_nothing_changes(orders: Path) -> None:
+    with pytest.raises(ToolRefused, match=r"shipped is 1 \(needs shipped == 0\)"):
+        update(orders, refusal=None).run({"order_number": "AB123", "address": "x"}, ctx())
     with pytest.raises(ToolRefused, match="already shipped"):
         update(orders).run({"order_number": "AB123", "address": "5 New Rd"}, ctx())
     assert address_of(orders, "AB123") == "1 High St"

@@ -156,6 +156,7 @@ def test_requires_then_facts_after_a_verification(policy_dir: Path) -> None:
         "tool": "verify_identity",
         "patient_id": "P001",
         "record_id": "P001",
+        "name": "Ann Lee",
     }
     assert facts["succeeded"] == ["verify_identity"]
     context = ToolContext(caller_id="+1 212 555 0199", call_ref="c", now_iso=now, facts=facts)

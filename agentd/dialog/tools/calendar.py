@@ -291,6 +291,17 @@ class FindSlots(_CalendarTool):
         self.max_results = max_results
         self.look_ahead_days = look_ahead_days
 
+    @staticmethod
+    def _slot_on_day(slot: _Slot) -> JsonDict:
+        entry: JsonDict = {
+            "slot_id": slot.id,
+            "time": spoken_time(slot.start),
+            "start": slot.start.isoformat(),
+        }
+        if slot.provider:
+            entry["provider"] = slot.provider
+        return entry
+
     def _run(
         self, conn: sqlite3.Connection, arguments: JsonDict, context: ToolContext, now: datetime
     ) -> JsonDict:
@@ -306,9 +317,8 @@ class FindSlots(_CalendarTool):
         result: JsonDict = {
             "day": day.isoformat(),
             "day_spoken": spoken_date(day),
-            "slots": [
-                {**s.to_json(), "time": spoken_time(s.start)} for s in free[: self.max_results]
-            ],
+            # the day is said once above; each slot only needs its time (prompt tokens cost)
+            "slots": [self._slot_on_day(s) for s in free[: self.max_results]],
         }
         if not free and self.look_ahead_days:
             later = self._free_slots(

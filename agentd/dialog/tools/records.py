@@ -153,6 +153,10 @@ class Condition:
         except ValueError:
             raise ToolConfigError(f"condition value {raw!r}: quote text values") from None
 
+    def refusal(self, row: Row) -> str:
+        """Why a row fails, in words the agent can pass on ("shipped is 1")."""
+        return f"not allowed: {self.field} is {row.get(self.field)!r} (needs {self.text})"
+
     def holds(self, row: Row) -> bool:
         if self.field not in row:
             raise ToolError(f"the records have no field {self.field}")
@@ -203,7 +207,7 @@ class Update(_RecordTool):
         if not self.source.is_sqlite:
             raise ToolConfigError(f"{name}: records.update needs a SQLite table, not a CSV")
         self.condition = Condition(condition) if condition else None
-        self.refusal = refusal or (f"not allowed: {condition}" if condition else "not allowed")
+        self.refusal = refusal
         assert self.fields is not None
         for field in self.fields:
             self.parameters["properties"][field] = {
@@ -240,7 +244,7 @@ class Update(_RecordTool):
                 raise ToolRefused("the record changed meanwhile; look it up again")
             row = dict(current[0])
             if self.condition is not None and not self.condition.holds(row):
-                raise ToolRefused(self.refusal)
+                raise ToolRefused(self.refusal or self.condition.refusal(row))
             missing = [f for f in changes if f not in row]
             if missing:
                 raise ToolError(f"the records have no field {missing[0]}")

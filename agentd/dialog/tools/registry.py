@@ -136,7 +136,7 @@ def facts_after(tool: Tool | str, result: JsonDict, facts: Mapping[str, Any]) ->
     if isinstance(result, Mapping) and result.get("verified") is True:
         updated["verified"] = {
             "tool": name,
-            **{k: v for k, v in result.items() if k not in ("verified", "name")},
+            **{k: v for k, v in result.items() if k != "verified"},
         }
     return updated
 
