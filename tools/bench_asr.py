@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agentd.media.g711 import ulaw_decode, ulaw_encode  # noqa: E402
-from agentd.media.resample import StreamResampler  # noqa: E402
-from agentd.speech.metrics import normalize_words, wer  # noqa: E402
+from agentd.media.g711 import ulaw_decode, ulaw_encode
+from agentd.media.resample import StreamResampler
+from agentd.speech.metrics import normalize_words, wer
 
 RATE = 8000
 FRAME = 160
@@ -40,7 +40,11 @@ ENGLISH = [
     "What time does the office open on Saturday?",
     "My name is John Smith and I am calling about the delivery that never came.",
 ]
-KOREAN = ["안녕하세요 예약을 하고 싶습니다", "내일 오후에 다시 전화해 주세요", "영업부로 연결해 주시겠어요"]
+KOREAN = [
+    "안녕하세요 예약을 하고 싶습니다",
+    "내일 오후에 다시 전화해 주세요",
+    "영업부로 연결해 주시겠어요",
+]
 VOICES = {  # caller voices: (program, voice)
     "flite-rms": ("flite", "rms"),
     "flite-kal": ("flite", "kal"),
@@ -154,8 +158,10 @@ def bench_engine(
     print(f"  partial decode cost         {ms(partial_cost)}  ({len(partial_cost)} partials)")
     print(f"  final after end of speech:  cold {ms(cold)}  streamed {ms(streamed)}")
     if prepared:
-        print(f"                              with prepare_final {ms(prepared)}"
-              f"  (prepare itself {ms(prepare_cost)}; reused {reused}/{len(prepared)})")
+        print(
+            f"                              with prepare_final {ms(prepared)}"
+            f"  (prepare itself {ms(prepare_cost)}; reused {reused}/{len(prepared)})"
+        )
     for snr, pairs in hyps.items() if score else ():
         label = "clean" if snr is None else f"{snr:g} dB SNR"
         print(f"  WER {label:<11} {100 * corpus_wer(pairs):5.1f} %  ({len(pairs)} clips)")
@@ -165,22 +171,25 @@ def bench_stock_whisper(model_dir: str, threads: int, clips) -> None:
     """Stock faster-whisper transcribe(): pads every call to 30 s."""
     from faster_whisper import WhisperModel
 
-    model = WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=threads,
-                         local_files_only=True)
+    model = WhisperModel(
+        model_dir, device="cpu", compute_type="int8", cpu_threads=threads, local_files_only=True
+    )
     times, pairs = [], {}
     for text, pcm, snr in clips:
         resampler = StreamResampler(RATE, 16000)
         audio = np.concatenate((resampler.process(pcm), resampler.flush())).astype(np.float32)
         start = time.perf_counter()
-        segments, _ = model.transcribe(audio / 32768.0, beam_size=1, language="en",
-                                       without_timestamps=True, vad_filter=False)
+        segments, _ = model.transcribe(
+            audio / 32768.0, beam_size=1, language="en", without_timestamps=True, vad_filter=False
+        )
         hyp = " ".join(s.text.strip() for s in segments)
         times.append(time.perf_counter() - start)
         pairs.setdefault(snr, []).append((text, hyp))
     print(f"  stock transcribe(), 30 s window: {ms(times)} per clip", end="")
     for snr, p in pairs.items():
-        print(f"; WER {'clean' if snr is None else f'{snr:g} dB'} {100 * corpus_wer(p):.1f} %",
-              end="")
+        print(
+            f"; WER {'clean' if snr is None else f'{snr:g} dB'} {100 * corpus_wer(p):.1f} %", end=""
+        )
     print()
 
 
@@ -205,9 +214,11 @@ def main() -> None:
                 clips += [(text, phone(pcm, None), None), (text, phone(pcm, 20), 20.0)]
         start = time.perf_counter()
         engine = WhisperAsr(args.whisper, threads=args.threads)
-        print(f"whisper tiny.en int8, {args.threads} thread(s): load "
-              f"{1000 * (time.perf_counter() - start):.0f} ms; {len(clips)} clips "
-              f"({args.voices}; clean and 20 dB SNR), repeat {args.repeat}")
+        print(
+            f"whisper tiny.en int8, {args.threads} thread(s): load "
+            f"{1000 * (time.perf_counter() - start):.0f} ms; {len(clips)} clips "
+            f"({args.voices}; clean and 20 dB SNR), repeat {args.repeat}"
+        )
         bench_engine(engine, clips, args.repeat)
         if not args.no_stock:
             bench_stock_whisper(args.whisper, args.threads, clips)
@@ -217,8 +228,10 @@ def main() -> None:
         clips = [(t, phone(speak("espeak-ng", "ko", t), None), None) for t in KOREAN]
         start = time.perf_counter()
         engine = VoskAsr(args.vosk)
-        print(f"vosk-ko: load {1000 * (time.perf_counter() - start):.0f} ms; "
-              f"{len(clips)} espeak-ng Korean clips (WER meaningless: engine path only)")
+        print(
+            f"vosk-ko: load {1000 * (time.perf_counter() - start):.0f} ms; "
+            f"{len(clips)} espeak-ng Korean clips (WER meaningless: engine path only)"
+        )
         bench_engine(engine, clips, args.repeat, score=False)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -18,6 +19,18 @@ from agentd.media.resample import StreamResampler
 from agentd.speech.interfaces import TELEPHONE_RATE, SpeechError, Transcript, WordTiming
 
 __all__ = ["VoskAsr", "VoskStream", "model_sample_rate"]
+
+_Result = dict[str, Any]  # one parsed Vosk JSON result
+
+
+class _Recognizer(Protocol):
+    """The part of vosk.KaldiRecognizer used here."""
+
+    def AcceptWaveform(self, data: bytes) -> int: ...  # vosk's names
+    def Result(self) -> str: ...
+    def PartialResult(self) -> str: ...
+    def FinalResult(self) -> str: ...
+
 
 _REQUIRED_FILES = ("am/final.mdl", "conf/model.conf")
 _DEFAULT_MODEL_RATE = 16000  # Kaldi's default --sample-frequency
@@ -91,13 +104,13 @@ class VoskAsr:
 class VoskStream:
     """One utterance. Thread-safe: a lock serialises the recognizer, which is not."""
 
-    def __init__(self, recognizer: object, model_rate: int, partial_interval_s: float) -> None:
+    def __init__(self, recognizer: _Recognizer, model_rate: int, partial_interval_s: float) -> None:
         self._recognizer = recognizer
         self._resampler = StreamResampler(TELEPHONE_RATE, model_rate)
         self._lock = threading.Lock()
         self._partial_every = max(1, int(partial_interval_s * TELEPHONE_RATE))
         self._since_partial = 0
-        self._segments: list[dict] = []  # results Vosk closed at its own endpoints
+        self._segments: list[_Result] = []  # results Vosk closed at its own endpoints
         self._last_partial = ""
         self._final: Transcript | None = None
         self._cancelled = False
@@ -152,7 +165,7 @@ def _join(texts: list[str]) -> str:
     return " ".join(t for t in (t.strip() for t in texts) if t)
 
 
-def _final(segments: list[dict]) -> Transcript:
+def _final(segments: list[_Result]) -> Transcript:
     words = tuple(
         WordTiming(
             word=str(w.get("word", "")),

@@ -171,9 +171,7 @@ class WhisperAsr:
         padded = np.zeros(window * _HOP, dtype=np.float32)
         padded[: min(len(audio), len(padded))] = audio[: len(padded)]
         features = self._model.feature_extractor(padded, padding=0)[:, :window]
-        encoded = self._model.model.encode(
-            self._storage_view(np.ascontiguousarray(features[None]))
-        )
+        encoded = self._model.model.encode(self._storage_view(np.ascontiguousarray(features[None])))
         seconds = len(audio) / WHISPER_RATE
         max_new = min(440 - len(self._prompt), 10 + int(8 * seconds))
         result = self._model.model.generate(

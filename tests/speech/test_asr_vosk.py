@@ -7,6 +7,7 @@ accuracy: espeak-ng's Korean is far from what the model was trained on.
 from __future__ import annotations
 
 import threading
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_partials_arrive_before_finish_and_change(reference) -> None:
     assert partials, "no partial hypothesis while audio streamed"
     assert all(not p.final and p.text for p in partials)
     texts = [p.text for p in partials]
-    assert all(a != b for a, b in zip(texts, texts[1:])), "a partial repeated unchanged text"
+    assert all(a != b for a, b in pairwise(texts)), "a partial repeated unchanged text"
     assert final.final and final.text.strip()
 
 
@@ -159,7 +160,7 @@ def test_two_streams_in_parallel_threads_do_not_interfere(engine: VoskAsr) -> No
             for frame in frames_of(pcm):
                 stream.accept(frame)
             results[name] = stream.finish()
-        except BaseException as exc:  # reported below, not lost in the thread
+        except BaseException as exc:  # noqa: BLE001 - reported below, not lost in the thread
             errors.append(exc)
 
     clips = {"early": early, "late": late, "silent": silent}

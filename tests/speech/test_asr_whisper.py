@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import threading
 import wave
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,9 @@ def speak_flite(text: str, voice: str = "rms") -> np.ndarray:
         pytest.skip("flite is not installed (apt-get install flite)")
     done = subprocess.run(
         ["flite", "-voice", voice, "-o", "/dev/stdout", "-t", text],
-        capture_output=True, timeout=30, check=True,
+        capture_output=True,
+        timeout=30,
+        check=True,
     )
     import io
 
@@ -96,8 +99,10 @@ def test_missing_model_names_file_and_fetch_command(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("What time does the office open on Saturday? What time does the office open on",
-         "What time does the office open on Saturday?"),
+        (
+            "What time does the office open on Saturday? What time does the office open on",
+            "What time does the office open on Saturday?",
+        ),
         ("I have a question. I have a question. I have a question.", "I have a question."),
         ("Please call me back tomorrow morning.", "Please call me back tomorrow morning."),
         ("No, no, no, no.", "No, no, no, no."),  # a one-word period is what was said
@@ -165,7 +170,7 @@ def test_partials_for_a_long_utterance(engine: WhisperAsr) -> None:
     assert len(partials) >= 3, partials
     assert all(not p.final and p.text for p in partials)
     texts = [p.text for p in partials]
-    assert all(a != b for a, b in zip(texts, texts[1:]))
+    assert all(a != b for a, b in pairwise(texts))
     # Decoded about once per second of audio, never per frame.
     assert stream.decodes <= seconds / engine.partial_interval_s + 1
     final = stream.finish()
@@ -271,7 +276,7 @@ def test_two_streams_in_parallel_threads_share_the_model(engine: WhisperAsr) -> 
             start.wait(timeout=10)
             feed(stream, pcm)
             results[text] = stream.finish()
-        except BaseException as exc:  # reported below, not lost in the thread
+        except BaseException as exc:  # noqa: BLE001 - reported below, not lost in the thread
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=item) for item in clips.items()]
