@@ -91,6 +91,8 @@ def playback_handler(
 ) -> Callable[[CallLeg], Awaitable[None]]:
     """Play a WAV file, again and again with a short gap, until the call ends."""
     audio = load_wav_8k(path)
+    if audio.size == 0:
+        raise ValueError(f"{path}: the WAV file holds no audio")
     gap = np.zeros(int(gap_seconds * RATE), dtype=np.int16)
 
     async def handle(leg: CallLeg) -> None:
