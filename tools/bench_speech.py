@@ -20,6 +20,8 @@ ASR (whisper, vosk): each clip is fed in 20 ms frames followed by trailing silen
   timeline: max(0, prepare start + prepare time - SpeechEnded) + finish() time. "finish"
   = the finish() call alone. RTF = all accept/prepare/finish time / audio time. WER is over
   the set (errors / reference words) after agentd.speech.testset.normalize_transcript.
+  The WER of one-shot transcribe() on the same clips is printed below the table, so a
+  difference made by the streaming path (partials, prepare_final) shows.
   Vosk only installs with a Korean model here: its WER is measured on Korean espeak-ng clips
   and says nothing about English.
 TTS (piper, hibari, espeak, coqui if its model is installed): first chunk = time from
@@ -203,7 +205,9 @@ def bench_asr(engine_name: str, testset: TestSet, quick: bool, threads: int) -> 
     examples: list[str] = []
     for noisy in (False, True):
         pairs: list[tuple[str, str]] = []
+        one_shot: list[tuple[str, str]] = []  # whole clip at once: isolates the streaming path
         for clip in testset.select(lang=lang, noisy=noisy, limit=per_set):
+            one_shot.append((clip.text, asr.transcribe(clip.audio()).text))
             pcm = with_tail(clip, clip.audio())
             run = _asr_turn(asr, vad.stream(vad_cfg), vad_cfg, clip, pcm)
             busy += run["busy_s"]
@@ -215,6 +219,7 @@ def bench_asr(engine_name: str, testset: TestSet, quick: bool, threads: int) -> 
                 examples.append(f"{clip.text!r} -> {run['text']!r}")
         result["wer_noisy" if noisy else "wer_clean"] = corpus_wer(pairs)
         result["cer_noisy" if noisy else "cer_clean"] = corpus_cer(pairs)
+        result["oneshot_wer_noisy" if noisy else "oneshot_wer_clean"] = corpus_wer(one_shot)
         result["clips_noisy" if noisy else "clips_clean"] = len(pairs)
     result.update(
         language=lang, rtf=busy / audio,
@@ -397,6 +402,9 @@ def print_tables(results: dict[str, dict[str, Any]]) -> None:
               f"{100 * t['wer_noisy']:.0f}% noisy (20 dB SNR); final <= "
               f"{t['asr_final_p50_ms']:.0f} ms p50")
         for name, r in rows("asr"):
+            print(f"  {name}: WER of one-shot transcribe() (no streaming, no VAD) "
+                  f"{100 * r['oneshot_wer_clean']:.1f}% clean, "
+                  f"{100 * r['oneshot_wer_noisy']:.1f}% noisy")
             if "cer_clean" in r and r.get("language") != "en":
                 print(f"  {name}: character error rate {100 * r['cer_clean']:.0f}% clean, "
                       f"{100 * r['cer_noisy']:.0f}% noisy ({r['language']} espeak-ng clips)")
