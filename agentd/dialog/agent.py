@@ -411,6 +411,7 @@ class DialogSession:
         self._step: _Step | None = None
         self._cancel: Cancel | None = None
         self._greeted = False
+        self._stopped_by_caller = False  # the last generation was cancelled (barge-in, hang-up)
 
     # -- the protocol --
 
@@ -562,7 +563,7 @@ class DialogSession:
                 schema = self.engine.schema if tool_calls_left > 0 else None
                 reply = yield from self._generate(schema)
                 if reply is None:
-                    if self._cancel is not None and self._cancel.cancelled:
+                    if self._stopped_by_caller:
                         return
                     yield from self._say_line(TROUBLE_LINE)
                     escalation = self._rules.tool_failure("the language model failed")
@@ -634,11 +635,13 @@ class DialogSession:
         streamed = ""
         outcome: tuple[str, Any] = ("error", TimeoutError("generation timed out"))
         deadline = started + engine.generate_timeout_s
+        timed_out = False
         try:
             while True:
                 try:
                     kind, value = events.get(timeout=max(0.01, deadline - engine.timer()))
                 except queue.Empty:
+                    timed_out = True
                     cancel.cancel()
                     break
                 if kind == "say":
@@ -662,11 +665,12 @@ class DialogSession:
                         yield from self._speak(piece, step)
             else:
                 reply = None
-                if not cancel.cancelled:
+                if not cancel.cancelled or timed_out:
                     log.warning("call %s: model failed: %r", self.call_ref, outcome[1])
-            if reply is None:
-                self.stats.llm_failures += 0 if cancel.cancelled else 1
-            if not cancel.cancelled:
+            self._stopped_by_caller = cancel.cancelled and not timed_out
+            if reply is None and not self._stopped_by_caller:
+                self.stats.llm_failures += 1
+            if not self._stopped_by_caller:
                 for piece in splitter.flush():
                     yield from self._speak(piece, step)
         finally:

@@ -49,6 +49,7 @@ from agentd.dialog.types import (
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 DEFAULT_NOW = "monday 10:00"
 SECONDS_PER_TURN = 15  # the scenario clock moves on like a real call
+FLOW_GENERATE_TIMEOUT_S = 900.0  # a cold prompt on a busy 2-core box is slow, not broken
 
 
 class ScenarioError(ValueError):
@@ -426,6 +427,7 @@ def engine_factory(
             max_tokens=dialog_config.llm.max_tokens,
             context_chars=dialog_config.llm.context_tokens * 3,
             handoff_poster=make_handoff_poster(fresh) if live_webhooks else None,
+            generate_timeout_s=FLOW_GENERATE_TIMEOUT_S,
         )
 
     return make

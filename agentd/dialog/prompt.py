@@ -78,7 +78,7 @@ def system_prompt(
             "- Transfer the caller ({\"type\": \"transfer\", \"target\": ..., \"reason\": ...}) "
             "when they ask for a person, when you cannot help, or when they raise a topic staff "
             "handle. Leave say empty when you transfer. Targets: "
-            + ", ".join(f"{t} ({target_label(t)})" for t in targets)
+            + ", ".join(targets)
             + "."
         )
     if reserved_topics:
