@@ -55,6 +55,7 @@ from agentd.speech.testset import (  # noqa: E402
     build_testset,
     corpus_wer,
     normalize_transcript,
+    transcript_wer,
     word_errors,
 )
 
@@ -215,7 +216,7 @@ def bench_asr(engine_name: str, testset: TestSet, quick: bool, threads: int) -> 
             finals.append(run["final_s"])
             finish_calls.append(run["finish_s"])
             pairs.append((clip.text, run["text"]))
-            if len(examples) < 3 and not noisy and run["text"].strip().lower().rstrip(".?!") != clip.text.lower().rstrip(".?!"):
+            if len(examples) < 3 and not noisy and transcript_wer(clip.text, run["text"]) > 0:
                 examples.append(f"{clip.text!r} -> {run['text']!r}")
         result["wer_noisy" if noisy else "wer_clean"] = corpus_wer(pairs)
         result["cer_noisy" if noisy else "cer_clean"] = corpus_cer(pairs)

@@ -144,8 +144,12 @@ def load_spec(path: str | Path = DEFAULT_SPEC_PATH) -> TestSetSpec:
     turns: dict[str, int] = {}
     utterances = []
     for entry in entries:
-        if not isinstance(entry, dict) or not entry.get("id") or not str(entry.get("text", "")).strip():
-            raise TestSetError(f"{path}: every utterance needs an id and a non-empty text: {entry!r}")
+        if not isinstance(entry, dict) or not entry.get("id") or not str(
+            entry.get("text", "")
+        ).strip():
+            raise TestSetError(
+                f"{path}: every utterance needs an id and a non-empty text: {entry!r}"
+            )
         lang = str(entry.get("lang", "en"))
         voice_id = entry.get("voice")
         if voice_id is None:
