@@ -689,7 +689,8 @@ class DialogSession:
         self, name: str, arguments: JsonDict, reply: AgentReply
     ) -> Generator[DialogEvent, None, str]:
         """Enforce requires/confirm, then run; "asked" when waiting for the caller's yes."""
-        missing = [need for need in self.engine.requires.get(name, ()) if need not in self._succeeded]
+        requires = self.engine.requires.get(name, ())
+        missing = [need for need in requires if need not in self._succeeded]
         if missing:
             self.stats.gated_requires += 1
             error = f"not run: {missing[0]} must succeed first"
@@ -774,7 +775,9 @@ class DialogSession:
 
     # -- escalation, transfer, end --
 
-    def _escalate(self, escalation: Escalation, *, say_rule_line: bool = True) -> Iterator[DialogEvent]:
+    def _escalate(
+        self, escalation: Escalation, *, say_rule_line: bool = True
+    ) -> Iterator[DialogEvent]:
         if say_rule_line and escalation.say:
             yield from self._say_line(escalation.say)
         reason = f"{escalation.kind}: {escalation.reason}"

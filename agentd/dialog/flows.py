@@ -527,11 +527,15 @@ def run_test_flows(
         timezone=dialog.policy.agent.timezone,
     )
     results = []
-    for scenario in scenarios:
+    for index, scenario in enumerate(scenarios, 1):
         try:
-            results.append(runner.run(scenario))
+            result = runner.run(scenario)
         except Exception as exc:  # a broken tool or data set fails that scenario, not the run
-            results.append(crashed(scenario, exc))
+            result = crashed(scenario, exc)
+        results.append(result)
+        err.write(f"[{index}/{len(scenarios)}] {'PASS' if result.passed else 'FAIL'} "
+                  f"{scenario.name} ({result.seconds:.1f}s)\n")  # fmt: skip
+        err.flush()
     print_table(results, out, verbose=verbose)
     return 0 if all(r.passed for r in results) else 1
 
@@ -547,7 +551,9 @@ def add_test_flows_parser(commands: Any) -> None:
     )
     flows.add_argument("-v", "--verbose", action="store_true", help="show every agent line")
     flows.add_argument(
-        "--week-of", default=None, help="YYYY-MM-DD: the week scenario times fall in (default: this week)"
+        "--week-of",
+        default=None,
+        help="YYYY-MM-DD: the week scenario times fall in (default: this week)",
     )
 
 

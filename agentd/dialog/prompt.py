@@ -160,7 +160,9 @@ def agent_entry(reply: AgentReply) -> HistoryEntry:
     return HistoryEntry("agent", compact_json({"say": reply.say, "action": data}))
 
 
-def tool_entry(name: str, *, ok: bool, result: Any = None, error: str | None = None) -> HistoryEntry:
+def tool_entry(
+    name: str, *, ok: bool, result: Any = None, error: str | None = None
+) -> HistoryEntry:
     payload: JsonDict = {"tool": name, "ok": ok}
     if ok:
         payload["result"] = result
