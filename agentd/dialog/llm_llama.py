@@ -4,7 +4,7 @@ What makes a turn fast on two CPU cores:
 - KV-cache reuse: each turn's prompt (system prompt + conversation) is compared token by token
   with what the context already holds, and only the new tail is evaluated. `prefill` does the
   same ahead of time (while the caller still speaks) and yields to a waiting `generate`.
-- The prompt ends with the opening of the say field (`{"say": "`), so the first generated
+- The prompt ends with the opening of the say field (`{"say":"`), so the first generated
   tokens are words to speak; `on_say` gets them decoded as they come.
 - Grammar check on the chosen token only: the grammar is applied to the whole vocabulary only
   when the model's preferred token is rejected (the output is still always grammatical).
@@ -16,7 +16,9 @@ from __future__ import annotations
 import bisect
 import codecs
 import ctypes
+import copy
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -30,7 +32,7 @@ from agentd.dialog.jsonstream import SayStream
 from agentd.dialog.schema import LlmError
 from agentd.dialog.types import Cancel, ChatMessage, GenerationStats, JsonDict
 
-SAY_OPENING = '{"say": "'
+SAY_OPENING = '{"say":"'  # compact, as the model writes JSON and as prompt.py stores replies
 _SENTINEL = "\u2063\u2063agentd-prefill-cut\u2063\u2063"
 _CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -103,6 +105,63 @@ def _spoken(message: ChatMessage) -> str:
         if isinstance(value, dict) and isinstance(value.get("say"), str):
             return str(value["say"])
     return message.content
+
+
+# ---- grammar -------------------------------------------------------------------------------
+
+_CLASS_ESCAPES = {"d": "0-9", "w": "A-Za-z0-9_", "s": " \\t"}
+_SAFE_PATTERN = re.compile(r"^\^([^\\]|\\[-.^$*+?()\[\]{}|/\\])*\$$")
+
+
+def grammar_schema(schema: JsonDict, *, patterns: bool = True) -> JsonDict:
+    """A copy of `schema` for llama-cpp-python's grammar converter.
+
+    The converter only handles fully anchored patterns built from literals and character
+    classes (it turns `\\d` into a literal "d"): class escapes are rewritten as classes, other
+    patterns are left out of the grammar (parse_reply still enforces them)."""
+    result = copy.deepcopy(schema)
+    stack: list[Any] = [result]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            rewritten = _rewrite_pattern(pattern) if patterns else None
+            if rewritten is None:
+                del node["pattern"]
+            else:
+                node["pattern"] = rewritten
+        stack.extend(v for k, v in node.items() if k not in ("const", "enum", "default"))
+    return result
+
+
+def _rewrite_pattern(pattern: str) -> str | None:
+    out: list[str] = []
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern) and pattern[i + 1] in _CLASS_ESCAPES:
+            chars = _CLASS_ESCAPES[pattern[i + 1]]
+            out.append(chars if in_class else f"[{chars}]")
+            i += 2
+            continue
+        if ch == "\\" and i + 1 < len(pattern):
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if ch == "[":
+            in_class = True
+        elif ch == "]":
+            in_class = False
+        out.append(ch)
+        i += 1
+    rewritten = "".join(out)
+    return rewritten if _SAFE_PATTERN.match(rewritten) else None
 
 
 # ---- token memory ---------------------------------------------------------------------------
@@ -340,15 +399,11 @@ class LlamaBackend:
         key = json.dumps(schema, sort_keys=False)
         sampler = self._samplers.get(key)
         if sampler is None:
-            try:
-                gbnf = self._to_gbnf(key)
-            except Exception as exc:  # the converter raises plain exceptions and asserts
-                raise LlmError(f"cannot build a grammar from the schema: {exc}") from None
-            sampler = self._lib.llama_sampler_init_grammar(
-                self._vocab, gbnf.encode("utf-8"), b"root"
-            )
-            if not sampler:
-                raise LlmError("llama.cpp rejected the grammar built from the schema")
+            sampler = self._build_grammar(grammar_schema(schema))
+            if sampler is None:  # some pattern the converter mangles: validation still checks
+                sampler = self._build_grammar(grammar_schema(schema, patterns=False))
+            if sampler is None:
+                raise LlmError("cannot build a llama.cpp grammar from the schema")
             self._samplers[key] = sampler
             while len(self._samplers) > _GRAMMAR_CACHE_SIZE:
                 _, old = self._samplers.popitem(last=False)
@@ -357,6 +412,14 @@ class LlamaBackend:
             self._samplers.move_to_end(key)
             self._lib.llama_sampler_reset(sampler)
         return sampler
+
+    def _build_grammar(self, schema: JsonDict) -> Any:
+        try:
+            gbnf = self._to_gbnf(json.dumps(schema))
+        except Exception:  # the converter raises plain exceptions and asserts
+            return None
+        sampler = self._lib.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
+        return sampler or None
 
     def _grammar_allows(self, grammar: Any, token: int, logit: float) -> bool:
         self._one[0].id = token

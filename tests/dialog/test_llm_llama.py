@@ -111,7 +111,7 @@ def test_cancel_before_start_generates_nothing(backend: LlamaBackend) -> None:
     cancel.cancel()
     text, stats = backend.generate(chat("Hello?"), SCHEMA, cancel=cancel)
     assert stats.completion_tokens == 0
-    assert text == '{"say": "'
+    assert text == '{"say":"'
 
 
 def test_deterministic_twice_and_across_instances(backend: LlamaBackend) -> None:
