@@ -193,8 +193,22 @@ def _serialize(start_line: str, headers: Headers, body: bytes) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
 
 
+class _CommonFields:
+    """Lookups both requests and responses offer."""
+
+    headers: Headers
+
+    @property
+    def call_id(self) -> str | None:
+        return self.headers.get("Call-ID")
+
+    @property
+    def cseq(self) -> tuple[int, str] | None:
+        return parse_cseq_value(self.headers.get("CSeq"))
+
+
 @dataclass
-class SipRequest:
+class SipRequest(_CommonFields):
     method: str
     uri: str
     headers: Headers = field(default_factory=Headers)
@@ -205,17 +219,9 @@ class SipRequest:
         """Wire form; Content-Length always states the body's real length."""
         return _serialize(f"{self.method} {self.uri} {self.version}", self.headers, self.body)
 
-    @property
-    def call_id(self) -> str | None:
-        return self.headers.get("Call-ID")
-
-    @property
-    def cseq(self) -> tuple[int, str] | None:
-        return parse_cseq_value(self.headers.get("CSeq"))
-
 
 @dataclass
-class SipResponse:
+class SipResponse(_CommonFields):
     status: int
     reason: str
     headers: Headers = field(default_factory=Headers)
@@ -224,14 +230,6 @@ class SipResponse:
 
     def to_bytes(self) -> bytes:
         return _serialize(f"{self.version} {self.status} {self.reason}", self.headers, self.body)
-
-    @property
-    def call_id(self) -> str | None:
-        return self.headers.get("Call-ID")
-
-    @property
-    def cseq(self) -> tuple[int, str] | None:
-        return parse_cseq_value(self.headers.get("CSeq"))
 
 
 SipMessage = SipRequest | SipResponse
