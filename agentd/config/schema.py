@@ -32,6 +32,7 @@ from agentd.config.values import (
 
 # After the config parts above: agentd.dialog.policy imports them (see agentd/dialog/__init__).
 from agentd.dialog.policy import DialogConfig  # noqa: E402
+from agentd.service.config import ServiceConfig  # noqa: E402
 
 DtmfKey = Annotated[
     Literal["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "*", "#"], TypeName("DTMF key")
@@ -360,6 +361,9 @@ class Config(Section):
     dialog: DialogConfig = Field(
         default_factory=DialogConfig,
         description="The AI agent's policy and LLM; absent: the line-test app answers.",
+    )
+    service: ServiceConfig = Field(
+        default_factory=ServiceConfig, description="Running as a service (drain, pid file)."
     )
 
     @model_validator(mode="after")

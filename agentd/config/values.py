@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,11 +174,27 @@ def resolve_path(value: Any, info: ValidationInfo) -> Path:
     text = _require_str(value, "a file path")
     if not text:
         raise ValueError("expected a file path, got ''")
-    path = Path(text).expanduser()
+    path = Path(_expand_env(text)).expanduser()
     base = (info.context or {}).get("base_dir")
     if not path.is_absolute() and base is not None:
         path = Path(base) / path
     return path
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(text: str) -> str:
+    """`${NAME}` replaced by the environment variable (systemd's ${CREDENTIALS_DIRECTORY},
+    ${STATE_DIRECTORY}...); an unset one is an error, not an empty string."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set (in {text!r})")
+        return os.environ[name]
+
+    return _ENV_REFERENCE.sub(value, text)
 
 
 def _reject_bool(value: Any) -> Any:
