@@ -1,0 +1,258 @@
+"""What a call leaves behind: the values the call loop reports and the records read back.
+
+The call loop reports through `CallObserver` (call started, answered, each turn, each tool
+call, ended, errors). `agentd.records.StoreObserver` writes those to SQLite and
+`agentd.metrics.Metrics` turns them into Prometheus metrics; `CallObservers` fans one report
+out to several. Times are wall-clock seconds since the epoch, passed in by the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+
+if TYPE_CHECKING:  # keeps `agentd calls` from importing the dialog (and config) packages
+    from agentd.dialog.types import ToolCallRecord
+
+JsonDict = dict[str, Any]
+Outcome = Literal["contained", "transferred", "abandoned", "failed"]
+Speaker = Literal["caller", "agent", "system"]
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
+SPEAKERS: tuple[Speaker, ...] = get_args(Speaker)
+
+log = logging.getLogger("agentd.records")
+
+
+class RecordError(Exception):
+    """A record could not be written or read (unknown call, bad value, database error)."""
+
+
+@dataclass(frozen=True)
+class TurnLatency:
+    """Where the time went between the caller's last word and the agent's first sound (ms).
+
+    Each stage is measured from the end of the caller's speech; unset when not measured
+    (e.g. the greeting, or a turn the caller interrupted before audio went out).
+    """
+
+    eos_detect_ms: float | None = None  # VAD declared end of turn
+    asr_final_ms: float | None = None  # final transcript ready
+    llm_first_token_ms: float | None = None
+    tts_first_chunk_ms: float | None = None
+    first_rtp_ms: float | None = None  # first agent audio packet sent
+    response_ms: float | None = None  # end of caller speech -> first agent audio
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+LATENCY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TurnLatency))
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One utterance: the caller's final transcript or what the agent played."""
+
+    index: int  # 0, 1, 2 ... within the call, in speaking order
+    speaker: Speaker
+    text: str
+    started_at: float
+    ended_at: float | None = None
+    interrupted: bool = False  # agent speech cut off by the caller (text = what was played)
+    latency: TurnLatency = field(default_factory=TurnLatency)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One tool run by the dialog, tied to the turn it ran in."""
+
+    turn: int | None
+    name: str
+    arguments: JsonDict
+    ok: bool
+    result: JsonDict | None = None
+    error: str | None = None
+    latency_ms: float = 0.0
+
+    @classmethod
+    def from_record(cls, record: ToolCallRecord, turn: int | None) -> ToolCall:
+        return cls(
+            turn=turn,
+            name=record.name,
+            arguments=dict(record.arguments),
+            ok=record.ok,
+            result=None if record.result is None else dict(record.result),
+            error=record.error,
+            latency_ms=record.latency_ms,
+        )
+
+
+@dataclass(frozen=True)
+class CallEnd:
+    """How a call ended. `handoff` is `HandoffRecord.to_json()` (or any JSON object)."""
+
+    outcome: Outcome
+    ended_at: float
+    reason: str | None = None  # e.g. CallLeg.end_reason: "remote BYE", "transferred"
+    transfer_target: str | None = None
+    transfer_reason: str | None = None
+    handoff: Mapping[str, Any] | None = None
+
+
+def outcome_for(
+    *, answered: bool, transferred: bool, failed: bool, caller_turns: int
+) -> Outcome:
+    """The usual classification: a REFER that succeeded is `transferred`; an error that
+    ended the call is `failed`; a caller who hung up before saying anything (or before we
+    answered) `abandoned`; anything else the agent handled to the end is `contained`."""
+    if transferred:
+        return "transferred"
+    if failed:
+        return "failed"
+    if not answered or caller_turns == 0:
+        return "abandoned"
+    return "contained"
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """A call as read back from the store. `list()` leaves turns and tool_calls empty."""
+
+    id: int
+    ref: str
+    call_id: str
+    caller: str | None
+    ringing_at: float
+    answered_at: float | None
+    ended_at: float | None
+    outcome: Outcome | None  # None while the call is in progress
+    end_reason: str | None
+    transfer_target: str | None
+    transfer_reason: str | None
+    recording_path: str | None
+    handoff: JsonDict | None
+    turn_count: int
+    turns: tuple[Turn, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from ringing to hang-up; None while in progress."""
+        return None if self.ended_at is None else max(0.0, self.ended_at - self.ringing_at)
+
+    def to_json(self) -> JsonDict:
+        return {
+            "ref": self.ref,
+            "call_id": self.call_id,
+            "caller": self.caller,
+            "ringing_at": self.ringing_at,
+            "answered_at": self.answered_at,
+            "ended_at": self.ended_at,
+            "duration_s": self.duration,
+            "outcome": self.outcome,
+            "end_reason": self.end_reason,
+            "transfer_target": self.transfer_target,
+            "transfer_reason": self.transfer_reason,
+            "recording_path": self.recording_path,
+            "handoff": self.handoff,
+            "turns": [
+                {
+                    "index": t.index,
+                    "speaker": t.speaker,
+                    "text": t.text,
+                    "started_at": t.started_at,
+                    "ended_at": t.ended_at,
+                    "interrupted": t.interrupted,
+                    "latency": t.latency.as_dict(),
+                }
+                for t in self.turns
+            ],
+            "tool_calls": [
+                {
+                    "turn": c.turn,
+                    "name": c.name,
+                    "arguments": c.arguments,
+                    "ok": c.ok,
+                    "result": c.result,
+                    "error": c.error,
+                    "latency_ms": c.latency_ms,
+                }
+                for c in self.tool_calls
+            ],
+        }
+
+
+class CallObserver(Protocol):
+    """What the call loop reports, in order, for each call (ref = CallLeg.reference).
+
+    Implementations must be quick and must not raise: a broken observer never ends a call.
+    """
+
+    def call_started(
+        self,
+        ref: str,
+        *,
+        call_id: str,
+        caller: str | None,
+        at: float,
+        recording_path: str | None = None,
+    ) -> None: ...
+
+    def call_answered(self, ref: str, at: float) -> None: ...
+
+    def turn(self, ref: str, turn: Turn) -> None: ...
+
+    def tool_call(self, ref: str, call: ToolCall) -> None: ...
+
+    def call_ended(self, ref: str, end: CallEnd) -> None: ...
+
+    def error(self, kind: str, ref: str | None = None) -> None:
+        """Something went wrong that did not necessarily end the call (kind: a short
+        fixed word such as "asr", "tts", "llm", "tool", "rtp", "transfer")."""
+
+
+class CallObservers:
+    """Forwards every report to each observer; one that raises is logged and skipped."""
+
+    def __init__(self, *observers: CallObserver) -> None:
+        self.observers = observers
+        self.failures = 0
+
+    def _each(self, method: str, *args: Any, **kwargs: Any) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, method)(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - an observer must never end a call
+                self.failures += 1
+                log.exception("call observer %s.%s failed", type(observer).__name__, method)
+
+    def call_started(
+        self,
+        ref: str,
+        *,
+        call_id: str,
+        caller: str | None,
+        at: float,
+        recording_path: str | None = None,
+    ) -> None:
+        self._each(
+            "call_started", ref, call_id=call_id, caller=caller, at=at,
+            recording_path=recording_path,
+        )
+
+    def call_answered(self, ref: str, at: float) -> None:
+        self._each("call_answered", ref, at)
+
+    def turn(self, ref: str, turn: Turn) -> None:
+        self._each("turn", ref, turn)
+
+    def tool_call(self, ref: str, call: ToolCall) -> None:
+        self._each("tool_call", ref, call)
+
+    def call_ended(self, ref: str, end: CallEnd) -> None:
+        self._each("call_ended", ref, end)
+
+    def error(self, kind: str, ref: str | None = None) -> None:
+        self._each("error", kind, ref)
