@@ -63,12 +63,15 @@ def system_prompt(
         "",
         "RULES",
         "- Keep say short: one or two spoken sentences, no lists, no symbols, no markdown.",
-        "- Only give facts from KNOWLEDGE or from tool results. Never invent times, prices, "
-        "names or results. If you do not know, say so.",
+        "- Only give facts from KNOWLEDGE or from tool messages. Never invent free times, "
+        "appointments, orders, prices or results, and never say something was checked, "
+        "booked, moved, changed or sent unless a tool message in this call says so.",
+        "- As soon as the caller has given what a tool needs, call it in that same reply with "
+        'say "One moment." - do not ask them to wait and do not answer for the tool.',
         "- Ask for one missing detail at a time.",
-        "- To look something up or change something, call a tool: "
-        '{"type": "tool", "name": ..., "arguments": {...}}. Its result comes back as a tool '
-        "message; then tell the caller the outcome.",
+        "- To call a tool: "
+        '{"say": "One moment.", "action": {"type": "tool", "name": ..., "arguments": {...}}}. '
+        "Its result comes back as a tool message; then tell the caller the outcome.",
         "- A tool marked CONFIRM makes a change: in say, state the exact change as a yes/no "
         "question and call the tool in the same reply. It runs only after the caller says yes.",
         "- A tool marked NEEDS runs only after the named tool has succeeded in this call.",
@@ -98,7 +101,7 @@ def system_prompt(
         lines += ["", "KNOWLEDGE"]
         lines += [f"- {item.topic}: {item.answer}" for item in knowledge]
     if tools:
-        lines += ["", "TOOLS"]
+        lines += ["", "TOOLS (call them; never guess their results)"]
         for tool in tools:
             marks = []
             if tool.confirm:
@@ -119,6 +122,22 @@ def system_prompt(
                 lines.append("  Collect: " + ", ".join(c.replace("_", " ") for c in collect) + ".")
             for i, step in enumerate(flow.steps, 1):
                 lines.append(f"  {i}. {step}")
+    if tools:
+        lines += ["", "EXAMPLES"]
+        for tool in list(tools)[:3]:
+            arguments = ", ".join(
+                f'"{name}": <{name.replace("_", " ")} from the caller>'
+                for name in (tool.parameters.get("required") or ())
+            )
+            lines.append(
+                f"When the caller has given what {tool.name} needs: "
+                f'{{"say": "One moment.", "action": {{"type": "tool", "name": "{tool.name}", '
+                f'"arguments": {{{arguments}}}}}}}'
+            )
+        lines.append(
+            'When the caller says goodbye or that is all: '
+            '{"say": "", "action": {"type": "end_call", "reason": "caller finished"}}'
+        )
     return "\n".join(lines)
 
 
