@@ -1,9 +1,8 @@
-"""Call records: SQLite store, `agentd calls`, call recordings and retention."""
+"""Call records: SQLite store, the call loop's observer, `agentd calls`, recordings,
+retention."""
 
 from agentd.records.model import (
     CallEnd,
-    CallObserver,
-    CallObservers,
     CallRecord,
     Outcome,
     RecordError,
@@ -12,17 +11,14 @@ from agentd.records.model import (
     TurnLatency,
     outcome_for,
 )
-from agentd.records.store import CallStore, StoreObserver, default_database_path
+from agentd.records.store import CallStore, default_database_path
 
 __all__ = [
     "CallEnd",
-    "CallObserver",
-    "CallObservers",
     "CallRecord",
     "CallStore",
     "Outcome",
     "RecordError",
-    "StoreObserver",
     "ToolCall",
     "Turn",
     "TurnLatency",

@@ -1,17 +1,15 @@
-"""What a call leaves behind: the values the call loop reports and the records read back.
+"""What a call leaves behind, as the store writes and reads it.
 
-The call loop reports through `CallObserver` (call started, answered, each turn, each tool
-call, ended, errors). `agentd.records.StoreObserver` writes those to SQLite and
-`agentd.metrics.Metrics` turns them into Prometheus metrics; `CallObservers` fans one report
-out to several. Times are wall-clock seconds since the epoch, passed in by the caller.
+The call loop reports through `agentd.call.events.CallObserver`; `RecordsObserver`
+(agentd.records.observer) turns those reports into these values for `CallStore`. Times here
+are wall-clock seconds since the epoch; latencies are milliseconds.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:  # keeps `agentd calls` from importing the dialog (and config) packages
     from agentd.dialog.types import ToolCallRecord
@@ -22,8 +20,6 @@ Speaker = Literal["caller", "agent", "system"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 SPEAKERS: tuple[Speaker, ...] = get_args(Speaker)
 
-log = logging.getLogger("agentd.records")
-
 
 class RecordError(Exception):
     """A record could not be written or read (unknown call, bad value, database error)."""
@@ -31,17 +27,18 @@ class RecordError(Exception):
 
 @dataclass(frozen=True)
 class TurnLatency:
-    """Where the time went between the caller's last word and the agent's first sound (ms).
+    """Where the time went between the caller's last word and the agent's reply (ms).
 
-    Each stage is measured from the end of the caller's speech; unset when not measured
-    (e.g. the greeting, or a turn the caller interrupted before audio went out).
+    Stored as the call loop measured them (see agentd.call.events.TurnRecord); unset when
+    not measured or it did not happen.
     """
 
-    eos_detect_ms: float | None = None  # VAD declared end of turn
-    asr_final_ms: float | None = None  # final transcript ready
-    llm_first_token_ms: float | None = None
-    tts_first_chunk_ms: float | None = None
-    first_rtp_ms: float | None = None  # first agent audio packet sent
+    eos_detect_ms: float | None = None  # end of caller speech -> end-of-turn decision
+    asr_final_ms: float | None = None  # decision -> final transcript ready
+    llm_first_token_ms: float | None = None  # -> the model's first token
+    tts_first_chunk_ms: float | None = None  # -> first synthesized audio
+    first_rtp_ms: float | None = None  # -> first agent audio packet sent
+    first_content_ms: float | None = None  # -> first audio of the reply itself (not a filler)
     response_ms: float | None = None  # end of caller speech -> first agent audio
 
     def as_dict(self) -> dict[str, float | None]:
@@ -182,77 +179,3 @@ class CallRecord:
                 for c in self.tool_calls
             ],
         }
-
-
-class CallObserver(Protocol):
-    """What the call loop reports, in order, for each call (ref = CallLeg.reference).
-
-    Implementations must be quick and must not raise: a broken observer never ends a call.
-    """
-
-    def call_started(
-        self,
-        ref: str,
-        *,
-        call_id: str,
-        caller: str | None,
-        at: float,
-        recording_path: str | None = None,
-    ) -> None: ...
-
-    def call_answered(self, ref: str, at: float) -> None: ...
-
-    def turn(self, ref: str, turn: Turn) -> None: ...
-
-    def tool_call(self, ref: str, call: ToolCall) -> None: ...
-
-    def call_ended(self, ref: str, end: CallEnd) -> None: ...
-
-    def error(self, kind: str, ref: str | None = None) -> None:
-        """Something went wrong that did not necessarily end the call (kind: a short
-        fixed word such as "asr", "tts", "llm", "tool", "rtp", "transfer")."""
-
-
-class CallObservers:
-    """Forwards every report to each observer; one that raises is logged and skipped."""
-
-    def __init__(self, *observers: CallObserver) -> None:
-        self.observers = observers
-        self.failures = 0
-
-    def _each(self, method: str, *args: Any, **kwargs: Any) -> None:
-        for observer in self.observers:
-            try:
-                getattr(observer, method)(*args, **kwargs)
-            except Exception:  # noqa: BLE001 - an observer must never end a call
-                self.failures += 1
-                log.exception("call observer %s.%s failed", type(observer).__name__, method)
-
-    def call_started(
-        self,
-        ref: str,
-        *,
-        call_id: str,
-        caller: str | None,
-        at: float,
-        recording_path: str | None = None,
-    ) -> None:
-        self._each(
-            "call_started", ref, call_id=call_id, caller=caller, at=at,
-            recording_path=recording_path,
-        )
-
-    def call_answered(self, ref: str, at: float) -> None:
-        self._each("call_answered", ref, at)
-
-    def turn(self, ref: str, turn: Turn) -> None:
-        self._each("turn", ref, turn)
-
-    def tool_call(self, ref: str, call: ToolCall) -> None:
-        self._each("tool_call", ref, call)
-
-    def call_ended(self, ref: str, end: CallEnd) -> None:
-        self._each("call_ended", ref, end)
-
-    def error(self, kind: str, ref: str | None = None) -> None:
-        self._each("error", kind, ref)

@@ -37,7 +37,7 @@ from agentd.records.model import (
     TurnLatency,
 )
 
-__all__ = ["SCHEMA_VERSION", "CallStore", "StoreObserver", "default_database_path"]
+__all__ = ["SCHEMA_VERSION", "CallStore", "default_database_path"]
 
 log = logging.getLogger("agentd.records")
 
@@ -300,6 +300,13 @@ class CallStore:
                 "UPDATE calls SET answered_at = ? WHERE id = ?", (answered_at, self._call_row(ref))
             )
 
+    def set_recording(self, ref: str, path: str | os.PathLike[str]) -> None:
+        with self._lock:
+            self._write(
+                "UPDATE calls SET recording_path = ? WHERE id = ?",
+                (os.fspath(path), self._call_row(ref)),
+            )
+
     def add_turn(self, ref: str, turn: Turn) -> None:
         """Store (commit) one turn; a turn with an index already stored replaces it, so the
         loop may write an agent turn when it starts and again when it ends or is cut off."""
@@ -385,9 +392,9 @@ class CallStore:
             )
         return cursor.rowcount
 
-    def delete_before(self, cutoff: float) -> list[str]:
-        """Delete calls that started before `cutoff` (with their turns and tool calls);
-        returns their recording paths so the caller can remove the files."""
+    def delete_before(self, cutoff: float) -> tuple[int, list[str]]:
+        """Delete calls that rang before `cutoff` (with their turns and tool calls); returns
+        how many, and their recording paths so the caller can remove the files."""
         limit = _required_time(cutoff, "cutoff")
         with self._lock:
             try:
@@ -405,7 +412,7 @@ class CallStore:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise RecordError(f"cannot delete old call records: {exc}") from None
-        return [path for _, path in doomed if path]
+        return len(doomed), [path for _, path in doomed if path]
 
     # ---- reads ----------------------------------------------------------------------------
 
@@ -514,48 +521,3 @@ class CallStore:
             fp.write(json.dumps(record.to_json(), ensure_ascii=False, default=str) + "\n")
             count += 1
         return count
-
-
-class StoreObserver:
-    """A `CallObserver` writing to a `CallStore`; write failures are logged and counted,
-    never raised into the call loop."""
-
-    def __init__(self, store: CallStore) -> None:
-        self.store = store
-        self.failures = 0
-
-    def _safely(self, what: str, ref: str | None, write: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            write(*args, **kwargs)
-        except RecordError as exc:
-            self.failures += 1
-            log.error("call %s: %s not recorded: %s", ref, what, exc)
-
-    def call_started(
-        self,
-        ref: str,
-        *,
-        call_id: str,
-        caller: str | None,
-        at: float,
-        recording_path: str | None = None,
-    ) -> None:
-        self._safely(
-            "start", ref, self.store.start_call, ref, call_id=call_id, caller=caller, at=at,
-            recording_path=recording_path,
-        )
-
-    def call_answered(self, ref: str, at: float) -> None:
-        self._safely("answer", ref, self.store.answered, ref, at)
-
-    def turn(self, ref: str, turn: Turn) -> None:
-        self._safely(f"turn {turn.index}", ref, self.store.add_turn, ref, turn)
-
-    def tool_call(self, ref: str, call: ToolCall) -> None:
-        self._safely(f"tool call {call.name}", ref, self.store.add_tool_call, ref, call)
-
-    def call_ended(self, ref: str, end: CallEnd) -> None:
-        self._safely("end", ref, self.store.end_call, ref, end)
-
-    def error(self, kind: str, ref: str | None = None) -> None:
-        """Errors are counted by metrics, not stored."""
