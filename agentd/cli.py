@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="register with the PBX and answer calls")
     run.add_argument("-c", "--config", required=True, help="path to config.yaml")
     commands.add_parser("config-reference", help="print every config key as a Markdown table")
+    from agentd.service.cli import add_service_parsers
+
+    add_service_parsers(commands)
     from agentd.models.cli import add_models_parser
 
     add_models_parser(commands)
@@ -51,7 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         from agentd.daemon import run as run_daemon
 
-        return run_daemon(config)
+        return run_daemon(config, args.config)
+    if args.command in ("check", "reload"):
+        from agentd.service.cli import run_service_command
+
+        return run_service_command(args)
     if args.command == "models":
         from agentd.models.cli import run_models_command
 

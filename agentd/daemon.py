@@ -110,6 +110,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     return 0
 
 
-def run(config: Config) -> int:
-    setup_logging(config.log.level, config.log.format)
-    return asyncio.run(serve(config))
+def run(config: Config, config_path: str | None = None) -> int:
+    """`agentd run`: readiness, watchdog, reload and drain live in agentd.service.lifecycle;
+    it builds the UA and the call handler with `ua_settings` and `call_handler` above."""
+    from agentd.service.lifecycle import run_service
+
+    return run_service(config, config_path)
