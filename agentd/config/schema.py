@@ -348,6 +348,61 @@ class SpeechConfig(Section):
     )
 
 
+class RecordsConfig(Section):
+    """Call records (SQLite), optional call recordings, and how long both are kept."""
+
+    database: FilePath | None = Field(
+        None,
+        description="SQLite file of call records (mode 0600); relative to the config file.",
+        json_schema_extra=_derived("$STATE_DIRECTORY/calls.db, else /var/lib/agentd/calls.db"),
+    )
+    recording: bool = Field(
+        False, description="Record each call as a stereo WAV (caller left, agent right)."
+    )
+    recordings_dir: FilePath | None = Field(
+        None,
+        description="Directory of call recordings; relative to the config file.",
+        json_schema_extra=_derived("recordings/ next to the database"),
+    )
+    retention_days: Integer = Field(
+        90,
+        ge=0,
+        le=36_500,
+        description="Delete call records and recordings older than this (checked at start-up "
+        "and daily); 0 keeps them for ever.",
+    )
+
+    @property
+    def database_path(self) -> Path:
+        from agentd.records.store import default_database_path
+
+        return self.database if self.database is not None else default_database_path()
+
+    @property
+    def recordings_path(self) -> Path:
+        if self.recordings_dir is not None:
+            return self.recordings_dir
+        return self.database_path.parent / "recordings"
+
+
+class MetricsConfig(Section):
+    """Prometheus metrics over HTTP (/metrics)."""
+
+    port: Integer = Field(0, ge=0, le=65535, description="HTTP port for /metrics; 0 = off.")
+    address: str = Field(
+        "127.0.0.1",
+        description="IP address to serve metrics on (0.0.0.0 or :: for every interface).",
+    )
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _ip_address(cls, value: Any) -> Any:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"expected an IP address, got {value!r}") from None
+
+
 class Config(Section):
     """The whole agentd configuration file."""
 
@@ -364,6 +419,12 @@ class Config(Section):
     )
     service: ServiceConfig = Field(
         default_factory=ServiceConfig, description="Running as a service (drain, pid file)."
+    )
+    records: RecordsConfig = Field(
+        default_factory=RecordsConfig, description="Call records, recordings, retention."
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus metrics endpoint."
     )
 
     @model_validator(mode="after")
