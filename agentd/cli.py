@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_chat_parser(commands)
     add_test_flows_parser(commands)
+    from agentd.records.cli import add_calls_parser
+
+    add_calls_parser(commands)
     return parser
 
 
@@ -71,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agentd.dialog.flows import run_test_flows_command
 
         return run_test_flows_command(args)
+    if args.command == "calls":
+        from agentd.records.cli import run_calls_command
+
+        return run_calls_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
