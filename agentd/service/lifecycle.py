@@ -194,6 +194,8 @@ class Service:
         if interval is not None and self.notifier.enabled:
             self._spawn(self._watchdog(interval), "watchdog")
         self._spawn(self._status_loop(), "status")
+        if not ua.settings.register:
+            self._registered.set()  # nothing to wait for (tests, registrar-less set-ups)
         await self._wait_first(self._registered, self._stop)
         if not self._stop.is_set():
             self.ready = True
