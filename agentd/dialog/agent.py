@@ -15,6 +15,7 @@ runs in a helper thread so speech can be yielded while it decodes. Time comes fr
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import queue
@@ -34,6 +35,7 @@ from agentd.dialog.escalation import (
     EscalationRules,
     is_affirmative,
     mentions_phrase,
+    words,
     rules_from_policy,
 )
 from agentd.dialog.prompt import (
@@ -237,6 +239,7 @@ class SessionStats:
     refused_replies: int = 0  # model outputs parse_reply refused (undeclared action etc.)
     gated_confirm: int = 0
     gated_requires: int = 0
+    gated_ungrounded: int = 0  # tool calls with a name the caller never said
     handoff_posts_failed: int = 0
     generation_ms: list[float] = field(default_factory=list)
 
@@ -688,7 +691,13 @@ class DialogSession:
     def _tool_action(
         self, name: str, arguments: JsonDict, reply: AgentReply
     ) -> Generator[DialogEvent, None, str]:
-        """Enforce requires/confirm, then run; "asked" when waiting for the caller's yes."""
+        """Enforce grounding/requires/confirm, then run; "asked" when waiting for a yes."""
+        invented = self._ungrounded_name(arguments)
+        if invented is not None:
+            self.stats.gated_ungrounded += 1
+            error = f"not run: the caller has not said {invented!r}; ask them for it"
+            self.history.append(tool_entry(name, ok=False, error=error))
+            return "refused"
         requires = self.engine.requires.get(name, ())
         missing = [need for need in requires if need not in self._succeeded]
         if missing:
@@ -714,6 +723,24 @@ class DialogSession:
             return "asked"
         yield from self._run_tool(name, arguments)
         return "ran"
+
+    def _ungrounded_name(self, arguments: JsonDict) -> str | None:
+        """A person or company name argument with a word nobody in the call said (small
+        models fill in "John Doe" before the caller gave a name)."""
+        heard = " ".join(
+            [line.text for line in self.transcript if line.speaker == "caller"]
+            + [entry.content for entry in self.history if entry.kind == "tool"]
+        )
+        heard_words = set(words(heard))
+        for key, value in arguments.items():
+            if not isinstance(value, str) or not _NAME_KEY.search(key):
+                continue
+            for word in words(value):
+                if len(word) < 2 or word.isdigit() or word in heard_words:
+                    continue
+                if not difflib.get_close_matches(word, heard_words, n=1, cutoff=0.8):
+                    return value
+        return None
 
     def _run_tool(self, name: str, arguments: JsonDict) -> Iterator[DialogEvent]:
         """Run a tool (its gates already passed); a failure that escalates raises _Escalated."""
@@ -943,6 +970,9 @@ class DialogSession:
         details = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in arguments.items())
         action = action[:1].lower() + action[1:]
         return f"{action}, {details}" if details else action
+
+
+_NAME_KEY = re.compile(r"(?:^|_)(?:name|surname|customer|company)$")
 
 
 def _is_scalar(value: Any) -> bool:

@@ -697,3 +697,18 @@ def test_cancel_turn_stops_a_slow_generation() -> None:
     threading.Timer(0.05, call.session.cancel_turn).start()
     threading.Timer(0.1, release.set).start()
     assert only(list(events), TransferRequested) == []
+
+
+def test_invented_name_argument_is_not_acted_on() -> None:
+    call = Call([
+        reply("One moment.", tool("verify_identity", name="John Doe", date_of_birth="1990-01-01")),
+        reply("Could I have your full name and date of birth?"),
+        reply("One moment.", tool("verify_identity", name="James O'Connor", date_of_birth="1985-05-03")),
+        reply("Thanks, you're verified."),
+    ])
+    events = call.turn("I want to move my appointment")
+    assert not only(events, ToolStarted)
+    assert call.session.stats.gated_ungrounded == 1
+    assert "John Doe" in json.loads(call.llm.calls[1][-1].content)["error"]
+    events = call.turn("James O'Conner, third of May 1985")  # ASR spelling still matches
+    assert [s.arguments["name"] for s in only(events, ToolStarted)] == ["James O'Connor"]
