@@ -199,7 +199,7 @@ def test_refused_model_output_fails_the_scenario(dental: Path, tmp_path: Path) -
 
 def test_each_scenario_gets_fresh_data(dental: Path, tmp_path: Path) -> None:
     scenarios = tmp_path / "scenarios"
-    text = ("name: {n}\ncaller_id: '+447700900107'\nturns: [Book Tuesday 9 am, 'Yes please']\n"
+    text = ("name: {n}\ncaller_id: '+447700900107'\nturns: [Book Tuesday 9 am for Daniel Evans, 'Yes please']\n"
             "expect: {{tools: [{{book_appointment: {{slot_id: 25}}}}]}}\n")  # fmt: skip
     write(scenarios, "one.yaml", text.format(n="first booking"))
     write(scenarios, "two.yaml", text.format(n="same slot again"))
