@@ -30,13 +30,14 @@ if TYPE_CHECKING:
     from agentd.call.events import BargeInRecord, CallSummary, TurnRecord
     from agentd.sip.ua import UserAgent
 
-__all__ = ["ERROR_KINDS", "STAGES", "Metrics"]
+__all__ = ["ERROR_KINDS", "STAGES", "TURN_KINDS", "Metrics"]
 
 # Stages of a reply as TurnRecord reports them (ms), exposed in seconds.
 STAGES: tuple[str, ...] = (
     "end_of_turn", "asr_final", "llm_first_token", "tts_first_chunk", "first_rtp",
     "first_audio", "first_content",
 )
+TURN_KINDS: tuple[str, ...] = ("greeting", "speech", "dtmf", "silence", "transfer_failed")
 ERROR_KINDS: tuple[str, ...] = ("asr", "tts", "llm", "tool", "rtp", "transfer", "call", "record")
 _MAX_ERROR_KINDS = 32  # a bug passing free text as the kind must not explode the series
 _KIND = re.compile(r"[^a-z0-9_]+")
@@ -129,6 +130,8 @@ class Metrics:
             self.calls_ended.labels(outcome)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
+        for kind in TURN_KINDS:
+            self.turns.labels(kind)
         for result in ("ok", "error"):
             self.tool_calls.labels(result)
         for kind in ERROR_KINDS:
