@@ -34,8 +34,13 @@ __all__ = ["ERROR_KINDS", "STAGES", "TURN_KINDS", "Metrics"]
 
 # Stages of a reply as TurnRecord reports them (ms), exposed in seconds.
 STAGES: tuple[str, ...] = (
-    "end_of_turn", "asr_final", "llm_first_token", "tts_first_chunk", "first_rtp",
-    "first_audio", "first_content",
+    "end_of_turn",
+    "asr_final",
+    "llm_first_token",
+    "tts_first_chunk",
+    "first_rtp",
+    "first_audio",
+    "first_content",
 )
 TURN_KINDS: tuple[str, ...] = ("greeting", "speech", "dtmf", "silence", "transfer_failed")
 ERROR_KINDS: tuple[str, ...] = ("asr", "tts", "llm", "tool", "rtp", "transfer", "call", "record")
@@ -58,22 +63,25 @@ class _UaStatsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self._ua.stats
-        answered = CounterMetricFamily(
-            "agentd_sip_calls_answered", "INVITEs answered with 200 OK.")
+        answered = CounterMetricFamily("agentd_sip_calls_answered", "INVITEs answered with 200 OK.")
         answered.add_metric([], stats.calls_answered)
         rejected = CounterMetricFamily(
-            "agentd_sip_calls_rejected", "INVITEs refused, by reason.", labels=["reason"])
+            "agentd_sip_calls_rejected", "INVITEs refused, by reason.", labels=["reason"]
+        )
         rejected.add_metric(["untrusted"], stats.calls_rejected_untrusted)
         rejected.add_metric(["busy"], stats.calls_rejected_busy)
         rejected.add_metric(["media"], stats.calls_rejected_media)
         cancelled = CounterMetricFamily(
-            "agentd_sip_calls_cancelled", "Calls cancelled by the caller before answer.")
+            "agentd_sip_calls_cancelled", "Calls cancelled by the caller before answer."
+        )
         cancelled.add_metric([], stats.calls_cancelled)
         limited = CounterMetricFamily(
-            "agentd_sip_requests_rate_limited", "Requests dropped by the per-source rate limit.")
+            "agentd_sip_requests_rate_limited", "Requests dropped by the per-source rate limit."
+        )
         limited.add_metric([], stats.requests_rate_limited)
         bad = CounterMetricFamily(
-            "agentd_sip_requests_rejected", "Malformed or refused SIP requests.")
+            "agentd_sip_requests_rejected", "Malformed or refused SIP requests."
+        )
         bad.add_metric([], stats.requests_rejected)
         yield from (answered, rejected, cancelled, limited, bad)
 
@@ -90,41 +98,61 @@ class Metrics:
         r = self.registry
         self.calls_active = Gauge("agentd_calls_active", "Calls in progress.", registry=r)
         self.calls_started = Counter(
-            "agentd_calls_started", "Calls the agent answered.", registry=r)
+            "agentd_calls_started", "Calls the agent answered.", registry=r
+        )
         self.calls_ended = Counter(
-            "agentd_calls", "Calls ended, by outcome.", ["outcome"], registry=r)
+            "agentd_calls", "Calls ended, by outcome.", ["outcome"], registry=r
+        )
         self.containment_ratio = Gauge(
-            "agentd_containment_ratio", "Contained calls / ended calls.", registry=r)
+            "agentd_containment_ratio", "Contained calls / ended calls.", registry=r
+        )
         self.transfer_ratio = Gauge(
-            "agentd_transfer_ratio", "Transferred calls / ended calls.", registry=r)
+            "agentd_transfer_ratio", "Transferred calls / ended calls.", registry=r
+        )
         self.handle_seconds = Histogram(
-            "agentd_call_handle_seconds", "Answer to hang-up.", buckets=_HANDLE_BUCKETS,
-            registry=r)
+            "agentd_call_handle_seconds", "Answer to hang-up.", buckets=_HANDLE_BUCKETS, registry=r
+        )
         self.response_seconds = Histogram(
             "agentd_response_latency_seconds",
-            "End of caller speech to first agent audio.", buckets=_LATENCY_BUCKETS, registry=r)
+            "End of caller speech to first agent audio.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.stage_seconds = Histogram(
             "agentd_turn_stage_seconds",
             "Reply stages (end of turn, ASR, LLM, TTS, audio), from the turn's reference "
             "instant as the call loop measures them.",
-            ["stage"], buckets=_STAGE_BUCKETS, registry=r)
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
         self.turns = Counter("agentd_turns", "Agent replies, by kind.", ["kind"], registry=r)
         self.barge_ins = Counter(
-            "agentd_barge_ins", "Caller interruptions that cut the agent off.", registry=r)
+            "agentd_barge_ins", "Caller interruptions that cut the agent off.", registry=r
+        )
         self.backchannels = Counter(
             "agentd_backchannels",
             "Caller sounds during agent speech that did not interrupt (uh-huh, noise).",
-            registry=r)
+            registry=r,
+        )
         self.barge_in_stop_seconds = Histogram(
-            "agentd_barge_in_stop_seconds", "Caller speech confirmed to agent audio stopped.",
-            buckets=_STOP_BUCKETS, registry=r)
+            "agentd_barge_in_stop_seconds",
+            "Caller speech confirmed to agent audio stopped.",
+            buckets=_STOP_BUCKETS,
+            registry=r,
+        )
         self.tool_calls = Counter(
-            "agentd_tool_calls", "Tool calls, by result.", ["result"], registry=r)
+            "agentd_tool_calls", "Tool calls, by result.", ["result"], registry=r
+        )
         self.registration_state = Gauge(
-            "agentd_registration_state", "1 for the current SIP registration state.",
-            ["state"], registry=r)
+            "agentd_registration_state",
+            "1 for the current SIP registration state.",
+            ["state"],
+            registry=r,
+        )
         self.registration_failures = Gauge(
-            "agentd_registration_failures", "Consecutive failed REGISTER attempts.", registry=r)
+            "agentd_registration_failures", "Consecutive failed REGISTER attempts.", registry=r
+        )
         self.errors = Counter("agentd_errors", "Errors, by kind.", ["kind"], registry=r)
         for outcome in OUTCOMES:
             self.calls_ended.labels(outcome)
@@ -170,8 +198,7 @@ class Metrics:
     def on_registration(self, state: RegistrationState) -> None:
         """Registration state changed (the UA's `on_registration` callback)."""
         for status in RegistrationStatus:
-            self.registration_state.labels(status.value).set(
-                1.0 if status is state.status else 0.0)
+            self.registration_state.labels(status.value).set(1.0 if status is state.status else 0.0)
         self.registration_failures.set(state.failures)
 
     def registration_callback(

@@ -16,12 +16,22 @@ from agentd.sip.registration import RegistrationState, RegistrationStatus
 from agentd.sip.ua import UaStats
 
 EXPECTED = {
-    "agentd_calls_active", "agentd_calls_started_total", "agentd_calls_total",
-    "agentd_containment_ratio", "agentd_transfer_ratio", "agentd_call_handle_seconds_count",
-    "agentd_response_latency_seconds_count", "agentd_turn_stage_seconds_count",
-    "agentd_barge_ins_total", "agentd_backchannels_total", "agentd_barge_in_stop_seconds_count",
-    "agentd_registration_state", "agentd_registration_failures", "agentd_errors_total",
-    "agentd_tool_calls_total", "agentd_turns_total",
+    "agentd_calls_active",
+    "agentd_calls_started_total",
+    "agentd_calls_total",
+    "agentd_containment_ratio",
+    "agentd_transfer_ratio",
+    "agentd_call_handle_seconds_count",
+    "agentd_response_latency_seconds_count",
+    "agentd_turn_stage_seconds_count",
+    "agentd_barge_ins_total",
+    "agentd_backchannels_total",
+    "agentd_barge_in_stop_seconds_count",
+    "agentd_registration_state",
+    "agentd_registration_failures",
+    "agentd_errors_total",
+    "agentd_tool_calls_total",
+    "agentd_turns_total",
 }
 
 
@@ -50,22 +60,46 @@ def value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[typ
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def turn(ref: str, index: int, kind: str = "speech", caller: str = "hi",
-         first_audio: float | None = 600.0, tools: tuple[ToolCallRecord, ...] | None = None
-         ) -> TurnRecord:
-    record = TurnRecord(ref, index, kind, caller, None, 100.0, 200.0, 50.0,  # type: ignore[arg-type]
-                        first_audio, 900.0, (), "ok", "ok", False)
+def turn(
+    ref: str,
+    index: int,
+    kind: str = "speech",
+    caller: str = "hi",
+    first_audio: float | None = 600.0,
+    tools: tuple[ToolCallRecord, ...] | None = None,
+) -> TurnRecord:
+    record = TurnRecord(
+        ref,
+        index,
+        kind,
+        caller,
+        None,
+        100.0,
+        200.0,
+        50.0,  # type: ignore[arg-type]
+        first_audio,
+        900.0,
+        (),
+        "ok",
+        "ok",
+        False,
+    )
     if tools is not None:
         object.__setattr__(record, "tool_calls", tools)  # a loop that details its tools
     return record
 
 
-def summary(ref: str, seconds: float, transferred_to: str | None = None,
-            end_reason: str = "remote hangup", tools: tuple[ToolCallRecord, ...] = ()
-            ) -> CallSummary:
+def summary(
+    ref: str,
+    seconds: float,
+    transferred_to: str | None = None,
+    end_reason: str = "remote hangup",
+    tools: tuple[ToolCallRecord, ...] = (),
+) -> CallSummary:
     handoff = HandoffRecord(ref, "1001", "s", None, (), {}, tools)
-    return CallSummary(ref, "1001", 100.0, 100.0 + seconds, end_reason, 2, 0, 0,
-                       transferred_to, handoff)
+    return CallSummary(
+        ref, "1001", 100.0, 100.0 + seconds, end_reason, 2, 0, 0, transferred_to, handoff
+    )
 
 
 def test_endpoint_serves_expected_names_over_loopback(served: tuple[Metrics, int]) -> None:
@@ -106,7 +140,8 @@ def test_values_move_with_the_call_loop(served: tuple[Metrics, int]) -> None:
     assert value(samples, "agentd_response_latency_seconds_bucket", le="0.6") == 2
     assert value(samples, "agentd_turn_stage_seconds_count", stage="end_of_turn") == 3
     assert value(samples, "agentd_turn_stage_seconds_sum", stage="asr_final") == (
-        pytest.approx(0.15))
+        pytest.approx(0.15)
+    )
     assert value(samples, "agentd_barge_ins_total") == 1
     assert value(samples, "agentd_backchannels_total") == 1
     assert value(samples, "agentd_barge_in_stop_seconds_sum") == pytest.approx(0.06)
@@ -157,7 +192,8 @@ def test_error_kinds_are_bounded(served: tuple[Metrics, int]) -> None:
 class FakeUa:
     stats: UaStats = field(default_factory=UaStats)
     registration_state: RegistrationState = field(
-        default_factory=lambda: RegistrationState(RegistrationStatus.REGISTERING))
+        default_factory=lambda: RegistrationState(RegistrationStatus.REGISTERING)
+    )
 
 
 def test_user_agent_wiring(served: tuple[Metrics, int]) -> None:

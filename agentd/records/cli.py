@@ -50,13 +50,13 @@ def add_calls_parser(commands: Any) -> None:
     source.add_argument(
         "-c", "--config", default=None, help="config.yaml whose records.database to read"
     )
-    common.add_argument(
-        "--show-caller", action="store_true", help="print caller numbers unmasked"
-    )
+    common.add_argument("--show-caller", action="store_true", help="print caller numbers unmasked")
     actions = calls.add_subparsers(dest="calls_command", metavar="ACTION")
     listing = actions.add_parser("list", parents=[common], help="recent calls, newest first")
     listing.add_argument("-n", "--limit", type=int, default=50, help="how many (default 50)")
-    listing.add_argument("--since", default=None, help="from this time: 2024-05-01[T09:00], 7d, 12h")
+    listing.add_argument(
+        "--since", default=None, help="from this time: 2024-05-01[T09:00], 7d, 12h"
+    )
     listing.add_argument("--outcome", choices=OUTCOMES, default=None, help="only this outcome")
     show = actions.add_parser("show", parents=[common], help="one call's transcript and timings")
     show.add_argument("ref", metavar="REF", help="call reference (from `agentd calls list`)")
@@ -87,7 +87,7 @@ def mask_caller(caller: str | None) -> str:
     if caller.lower() in _UNMASKED:
         return caller
     visible = 2 if len(caller) > 4 else 0
-    return "*" * (len(caller) - visible) + caller[len(caller) - visible:]
+    return "*" * (len(caller) - visible) + caller[len(caller) - visible :]
 
 
 def _when(at: float | None) -> str:
@@ -97,7 +97,7 @@ def _when(at: float | None) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    whole = int(round(seconds))
+    whole = round(seconds)
     hours, rest = divmod(whole, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
@@ -169,15 +169,17 @@ def _list(store: CallStore, args: argparse.Namespace, since: float | None, out: 
     records = store.list(limit=args.limit, since=since, outcome=args.outcome)
     rows = [("REF", "STARTED", "CALLER", "DURATION", "OUTCOME", "TURNS", "TRANSFER")]
     for r in records:
-        rows.append((
-            r.ref,
-            _when(r.ringing_at),
-            _caller(r, args.show_caller),
-            _duration(r.duration),
-            r.outcome or "in progress",
-            str(r.turn_count),
-            r.transfer_target or "-",
-        ))
+        rows.append(
+            (
+                r.ref,
+                _when(r.ringing_at),
+                _caller(r, args.show_caller),
+                _duration(r.duration),
+                r.outcome or "in progress",
+                str(r.turn_count),
+                r.transfer_target or "-",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
@@ -193,8 +195,10 @@ def _compact(value: Any, limit: int = 160) -> str:
 def _tool_line(call: ToolCall) -> str:
     outcome = "ok" if call.ok else f"FAILED: {call.error or 'error'}"
     result = f" {_compact(call.result)}" if call.ok and call.result is not None else ""
-    return (f"tool {call.name} {_compact(call.arguments)} -> {outcome} "
-            f"({call.latency_ms:.0f} ms){result}")
+    return (
+        f"tool {call.name} {_compact(call.arguments)} -> {outcome} "
+        f"({call.latency_ms:.0f} ms){result}"
+    )
 
 
 def _latency_line(latency: Mapping[str, float | None]) -> str:
@@ -217,7 +221,7 @@ def _show(store: CallStore, args: argparse.Namespace, out: TextIO) -> int:
     w(f"Rang:      {_when(record.ringing_at)}\n")
     w(f"Answered:  {_when(record.answered_at)}\n")
     w(f"Ended:     {_when(record.ended_at)}  (duration {_duration(record.duration)})\n")
-    outcome = record.outcome or "in progress"
+    outcome: str = record.outcome or "in progress"
     if record.transfer_target:
         outcome += f" to {record.transfer_target}"
         if record.transfer_reason:
@@ -234,8 +238,10 @@ def _show(store: CallStore, args: argparse.Namespace, out: TextIO) -> int:
     indent = " " * 12
     for turn in record.turns:
         mark = "  [interrupted]" if turn.interrupted else ""
-        w(f"  {_offset(turn.started_at, record.ringing_at):>8}  {turn.speaker:<7} "
-          f"{turn.text}{mark}\n")
+        w(
+            f"  {_offset(turn.started_at, record.ringing_at):>8}  {turn.speaker:<7} "
+            f"{turn.text}{mark}\n"
+        )
         for call in tools_by_turn.pop(turn.index, []):
             w(f"{indent}{_tool_line(call)}\n")
         latency = _latency_line(turn.latency.as_dict())
@@ -264,7 +270,8 @@ def _masked_json(record: CallRecord, show_caller: bool) -> dict[str, Any]:
         data["caller"] = mask_caller(record.caller)
         if isinstance(data.get("handoff"), dict) and data["handoff"].get("caller_id"):
             data["handoff"] = {
-                **data["handoff"], "caller_id": mask_caller(data["handoff"]["caller_id"])
+                **data["handoff"],
+                "caller_id": mask_caller(data["handoff"]["caller_id"]),
             }
     return data
 
@@ -273,8 +280,10 @@ def _export(store: CallStore, args: argparse.Namespace, since: float | None, out
     def write(fp: TextIO) -> int:
         count = 0
         for record in store.iter_calls(since):
-            fp.write(json.dumps(_masked_json(record, args.show_caller), ensure_ascii=False,
-                                default=str) + "\n")
+            fp.write(
+                json.dumps(_masked_json(record, args.show_caller), ensure_ascii=False, default=str)
+                + "\n"
+            )
             count += 1
         return count
 

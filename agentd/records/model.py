@@ -98,9 +98,7 @@ class CallEnd:
     handoff: Mapping[str, Any] | None = None
 
 
-def outcome_for(
-    *, answered: bool, transferred: bool, failed: bool, caller_turns: int
-) -> Outcome:
+def outcome_for(*, answered: bool, transferred: bool, failed: bool, caller_turns: int) -> Outcome:
     """The usual classification: a REFER that succeeded is `transferred`; an error that
     ended the call is `failed`; a caller who hung up before saying anything (or before we
     answered) `abandoned`; anything else the agent handled to the end is `contained`."""

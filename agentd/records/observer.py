@@ -116,7 +116,7 @@ class RecordsObserver:
         except RecordError as exc:
             self.failures += 1
             log.error("call %s: %s not recorded: %s", ref, what, exc)
-        except Exception:  # noqa: BLE001 - records must never end a call
+        except Exception:  # records must never end a call
             self.failures += 1
             log.exception("call %s: %s not recorded", ref, what)
 
@@ -134,14 +134,18 @@ class RecordsObserver:
             )
         except OSError as exc:
             self.failures += 1
-            log.error("call %s: cannot start recording in %s: %s", call_ref,
-                      self.recordings_dir, exc)
+            log.error(
+                "call %s: cannot start recording in %s: %s", call_ref, self.recordings_dir, exc
+            )
             return None
         state = self._call(call_ref)
         state.recording = recorder.path
         if state.started:
-            self._guard("recording path", call_ref,
-                        lambda: self.store.set_recording(call_ref, recorder.path))
+            self._guard(
+                "recording path",
+                call_ref,
+                lambda: self.store.set_recording(call_ref, recorder.path),
+            )
         return recorder
 
     # ---- CallObserver ---------------------------------------------------------------------
@@ -162,7 +166,9 @@ class RecordsObserver:
         def write() -> None:
             answered_at = self._to_wall(at)
             self.store.start_call(
-                call_ref, call_id=call_id, caller=caller,
+                call_ref,
+                call_id=call_id,
+                caller=caller,
                 at=answered_at if rang_at is None else min(rang_at, answered_at),
                 recording_path=state.recording,
             )
@@ -227,14 +233,17 @@ class RecordsObserver:
         handoff = summary.handoff
         if handoff is not None and not state.detailed_tools:
             self._write_handoff_tools(ref, state, tuple(handoff.tool_calls))
-        self.store.end_call(ref, CallEnd(
-            outcome=summary_outcome(summary, state.caller_turns),
-            ended_at=self._to_wall(summary.ended_at),
-            reason=summary.end_reason,
-            transfer_target=summary.transferred_to,
-            transfer_reason=handoff.reason if handoff and summary.transferred_to else None,
-            handoff=handoff.to_json() if handoff is not None else None,
-        ))
+        self.store.end_call(
+            ref,
+            CallEnd(
+                outcome=summary_outcome(summary, state.caller_turns),
+                ended_at=self._to_wall(summary.ended_at),
+                reason=summary.end_reason,
+                transfer_target=summary.transferred_to,
+                transfer_reason=handoff.reason if handoff and summary.transferred_to else None,
+                handoff=handoff.to_json() if handoff is not None else None,
+            ),
+        )
 
     def _write_handoff_tools(self, ref: str, state: _OpenCall, calls: tuple[Any, ...]) -> None:
         """Tie the hand-off's tool calls (in run order) to the turns that named them."""

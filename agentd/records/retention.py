@@ -87,8 +87,12 @@ def apply_retention(
         removed += outcome is True
         failed += outcome is False
     if calls or removed:
-        log.info("retention: deleted %d call(s) and %d recording(s) older than %d day(s)",
-                 calls, removed, days)
+        log.info(
+            "retention: deleted %d call(s) and %d recording(s) older than %d day(s)",
+            calls,
+            removed,
+            days,
+        )
     return RetentionResult(calls_deleted=calls, files_deleted=removed, file_errors=failed)
 
 

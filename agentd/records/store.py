@@ -21,7 +21,7 @@ import stat
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from agentd.records.model import (
     LATENCY_FIELDS,
@@ -198,7 +198,7 @@ class CallStore:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> CallStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -314,14 +314,19 @@ class CallStore:
             raise RecordError(f"speaker must be one of {', '.join(SPEAKERS)}, got {turn.speaker!r}")
         if not isinstance(turn.index, int) or turn.index < 0:
             raise RecordError(f"turn index must be a non-negative int, got {turn.index!r}")
-        latency = tuple(
-            _time(getattr(turn.latency, name), name) for name in LATENCY_FIELDS
-        )
+        latency = tuple(_time(getattr(turn.latency, name), name) for name in LATENCY_FIELDS)
         columns = ", ".join(LATENCY_FIELDS)
         marks = ", ".join("?" * len(LATENCY_FIELDS))
         updates = ", ".join(
             f"{name} = excluded.{name}"
-            for name in ("speaker", "text", "started_at", "ended_at", "interrupted", *LATENCY_FIELDS)
+            for name in (
+                "speaker",
+                "text",
+                "started_at",
+                "ended_at",
+                "interrupted",
+                *LATENCY_FIELDS,
+            )
         )
         params = (
             turn.index,
@@ -423,14 +428,26 @@ class CallStore:
             raise RecordError(f"cannot read call records {self.path}: {exc}") from None
 
     @staticmethod
-    def _record(row: tuple[Any, ...], turns: tuple[Turn, ...] = (),
-                tool_calls: tuple[ToolCall, ...] = ()) -> CallRecord:
+    def _record(
+        row: tuple[Any, ...], turns: tuple[Turn, ...] = (), tool_calls: tuple[ToolCall, ...] = ()
+    ) -> CallRecord:
         outcome: Outcome | None = row[7] if row[7] in OUTCOMES else None
         return CallRecord(
-            id=row[0], ref=row[1], call_id=row[2], caller=row[3], ringing_at=row[4],
-            answered_at=row[5], ended_at=row[6], outcome=outcome, end_reason=row[8],
-            transfer_target=row[9], transfer_reason=row[10], recording_path=row[11],
-            handoff=_unjson(row[12]), turn_count=int(row[13]), turns=turns,
+            id=row[0],
+            ref=row[1],
+            call_id=row[2],
+            caller=row[3],
+            ringing_at=row[4],
+            answered_at=row[5],
+            ended_at=row[6],
+            outcome=outcome,
+            end_reason=row[8],
+            transfer_target=row[9],
+            transfer_reason=row[10],
+            recording_path=row[11],
+            handoff=_unjson(row[12]),
+            turn_count=int(row[13]),
+            turns=turns,
             tool_calls=tool_calls,
         )
 
@@ -442,8 +459,13 @@ class CallStore:
         )
         turns = tuple(
             Turn(
-                index=t[0], speaker=t[1], text=t[2], started_at=t[3], ended_at=t[4],
-                interrupted=bool(t[5]), latency=TurnLatency(*t[6:]),
+                index=t[0],
+                speaker=t[1],
+                text=t[2],
+                started_at=t[3],
+                ended_at=t[4],
+                interrupted=bool(t[5]),
+                latency=TurnLatency(*t[6:]),
             )
             for t in turn_rows
         )
@@ -454,8 +476,13 @@ class CallStore:
         )
         tools = tuple(
             ToolCall(
-                turn=t[0], name=t[1], arguments=_unjson(t[2]) or {}, ok=bool(t[3]),
-                result=_unjson(t[4]), error=t[5], latency_ms=t[6] or 0.0,
+                turn=t[0],
+                name=t[1],
+                arguments=_unjson(t[2]) or {},
+                ok=bool(t[3]),
+                result=_unjson(t[4]),
+                error=t[5],
+                latency_ms=t[6] or 0.0,
             )
             for t in tool_rows
         )

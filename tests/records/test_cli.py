@@ -21,7 +21,11 @@ from .conftest import T0, fill_call
 def agentd(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "agentd", "calls", *args],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "TZ": "UTC"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "TZ": "UTC"},
     )
 
 
@@ -39,12 +43,35 @@ def test_list_masks_callers(database: Path) -> None:
     result = agentd("list", "--db", str(database))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["REF", "STARTED", "CALLER", "DURATION", "OUTCOME", "TURNS",
-                                "TRANSFER"]
-    assert lines[1].split() == ["ee55ff66", "2023-11-14", "22:23:20", "*******01", "0:03",
-                                "abandoned", "0", "-"]
-    assert lines[2].split() == ["ab12cd34", "2023-11-14", "22:13:20", "*********56", "1:10",
-                                "transferred", "3", "reception"]
+    assert lines[0].split() == [
+        "REF",
+        "STARTED",
+        "CALLER",
+        "DURATION",
+        "OUTCOME",
+        "TURNS",
+        "TRANSFER",
+    ]
+    assert lines[1].split() == [
+        "ee55ff66",
+        "2023-11-14",
+        "22:23:20",
+        "*******01",
+        "0:03",
+        "abandoned",
+        "0",
+        "-",
+    ]
+    assert lines[2].split() == [
+        "ab12cd34",
+        "2023-11-14",
+        "22:13:20",
+        "*********56",
+        "1:10",
+        "transferred",
+        "3",
+        "reception",
+    ]
     assert "4930123456" not in result.stdout and "15550001" not in result.stdout
 
 
@@ -71,7 +98,8 @@ def test_show_transcript_tools_and_latency(database: Path) -> None:
     assert lines[greeting + 2].endswith("Monday at nine  [interrupted]")
     assert 'tool find_slots {"day":"monday"} -> ok (12 ms)' in lines[greeting + 3]
     assert lines[greeting + 4].strip() == (
-        "latency: end of turn 210 ms, asr 55 ms, first words 910 ms, response 640 ms")
+        "latency: end of turn 210 ms, asr 55 ms, first words 910 ms, response 640 ms"
+    )
     assert "summary: wants an appointment" in out
 
 
@@ -89,8 +117,9 @@ def test_export_jsonl(database: Path, tmp_path: Path) -> None:
     assert calls[0]["handoff"]["caller_id"] == "*********56"
     assert calls[0]["turns"][2]["interrupted"] is True
     assert calls[0]["tool_calls"][0]["name"] == "find_slots"
-    since = agentd("export", "--db", str(database), "--since", "2023-11-14T22:20:00+00:00",
-                   "--show-caller")
+    since = agentd(
+        "export", "--db", str(database), "--since", "2023-11-14T22:20:00+00:00", "--show-caller"
+    )
     assert [json.loads(line)["caller"] for line in since.stdout.splitlines()] == ["+15550001"]
     target = tmp_path / "calls.jsonl"
     to_file = agentd("export", "--db", str(database), "-o", str(target))

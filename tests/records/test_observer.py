@@ -17,29 +17,53 @@ OFFSET = 1_700_000_000.0  # loop time 0 is this wall time in these tests
 
 
 def observer(store: CallStore, **kwargs: object) -> RecordsObserver:
-    return RecordsObserver(store, to_wall=lambda at: at + OFFSET, clock=lambda: OFFSET + 99.0,
-                           **kwargs)  # type: ignore[arg-type]
+    return RecordsObserver(
+        store, to_wall=lambda at: at + OFFSET, clock=lambda: OFFSET + 99.0, **kwargs
+    )  # type: ignore[arg-type]
 
 
-def turn(index: int, kind: str = "speech", caller: str = "", reply: str = "", *,
-         played: str | None = None, interrupted: bool = False, tools: tuple[str, ...] = (),
-         at: float = 0.0, first_audio: float | None = 500.0) -> TurnRecord:
+def turn(
+    index: int,
+    kind: str = "speech",
+    caller: str = "",
+    reply: str = "",
+    *,
+    played: str | None = None,
+    interrupted: bool = False,
+    tools: tuple[str, ...] = (),
+    at: float = 0.0,
+    first_audio: float | None = 500.0,
+) -> TurnRecord:
     return TurnRecord(
-        call_ref="r1", index=index, kind=kind,  # type: ignore[arg-type]
-        caller_text=caller, confidence=None, started_at=at, end_of_turn_ms=200.0,
-        asr_final_ms=40.0, first_audio_ms=first_audio, first_content_ms=800.0, fillers=(),
-        reply_text=reply, played_text=reply if played is None else played,
-        interrupted=interrupted, tools=tools,
+        call_ref="r1",
+        index=index,
+        kind=kind,  # type: ignore[arg-type]
+        caller_text=caller,
+        confidence=None,
+        started_at=at,
+        end_of_turn_ms=200.0,
+        asr_final_ms=40.0,
+        first_audio_ms=first_audio,
+        first_content_ms=800.0,
+        fillers=(),
+        reply_text=reply,
+        played_text=reply if played is None else played,
+        interrupted=interrupted,
+        tools=tools,
     )
 
 
 def handoff(*calls: ToolCallRecord, reason: str | None = None) -> HandoffRecord:
-    return HandoffRecord("r1", "1001", "booked", reason,
-                         (TranscriptLine("caller", "hi"),), {"name": "Ann"}, calls)
+    return HandoffRecord(
+        "r1", "1001", "booked", reason, (TranscriptLine("caller", "hi"),), {"name": "Ann"}, calls
+    )
 
 
-def summary(end_reason: str = "remote hangup", transferred_to: str | None = None,
-            record: HandoffRecord | None = None) -> CallSummary:
+def summary(
+    end_reason: str = "remote hangup",
+    transferred_to: str | None = None,
+    record: HandoffRecord | None = None,
+) -> CallSummary:
     return CallSummary("r1", "1001", 10.0, 70.0, end_reason, 3, 0, 0, transferred_to, record)
 
 
@@ -47,8 +71,17 @@ def test_a_call_becomes_rows(store: CallStore) -> None:
     obs = observer(store)
     obs.call_started("r1", "1001", 10.0, call_id="abc@pbx", rang_at=OFFSET + 8.0)
     obs.turn_finished(turn(0, "greeting", reply="Hello, Smile Dental.", at=10.5))
-    obs.turn_finished(turn(1, caller="Book me in", reply="Monday at nine or", played="Monday",
-                           interrupted=True, tools=("find_slots",), at=20.0))
+    obs.turn_finished(
+        turn(
+            1,
+            caller="Book me in",
+            reply="Monday at nine or",
+            played="Monday",
+            interrupted=True,
+            tools=("find_slots",),
+            at=20.0,
+        )
+    )
     obs.turn_finished(turn(2, "dtmf", caller="1", reply="Booked.", tools=("book",), at=30.0))
     obs.barge_in(BargeInRecord("r1", 21.0, 40.0, False, "wait"))
     find = ToolCallRecord("find_slots", {"day": "mon"}, True, {"slots": [9]}, None, 12.0)
@@ -72,7 +105,9 @@ def test_a_call_becomes_rows(store: CallStore) -> None:
     assert agent.latency.eos_detect_ms == 200 and agent.latency.response_ms == 500
     assert agent.latency.first_content_ms == 800 and agent.latency.llm_first_token_ms is None
     assert [(c.turn, c.name, c.ok) for c in record.tool_calls] == [
-        (3, "find_slots", True), (5, "book", False)]
+        (3, "find_slots", True),
+        (5, "book", False),
+    ]
     assert record.handoff is not None and record.handoff["summary"] == "booked"
     assert obs.failures == 0
 
@@ -95,15 +130,19 @@ def test_each_turn_is_committed_before_the_call_ends(store: CallStore) -> None:
         ("error: ASR crashed", None, 1, "failed"),
     ],
 )
-def test_outcome(store: CallStore, end_reason: str, transferred_to: str | None,
-                 caller_turns: int, outcome: str) -> None:
+def test_outcome(
+    store: CallStore, end_reason: str, transferred_to: str | None, caller_turns: int, outcome: str
+) -> None:
     obs = observer(store)
     obs.call_started("r1", "1001", 10.0)
     obs.turn_finished(turn(0, "greeting", reply="Hello"))
     for index in range(1, caller_turns + 1):
         obs.turn_finished(turn(index, caller="yes", reply="ok"))
-    obs.call_finished(summary(end_reason, transferred_to,
-                              handoff(reason="wants a person") if transferred_to else None))
+    obs.call_finished(
+        summary(
+            end_reason, transferred_to, handoff(reason="wants a person") if transferred_to else None
+        )
+    )
     record = store.get("r1")
     assert record is not None and record.outcome == outcome
     if transferred_to:
@@ -133,8 +172,9 @@ def test_reports_without_call_started_still_make_a_call(store: CallStore) -> Non
     assert record is not None and record.turn_count == 2 and record.outcome == "contained"
 
 
-def test_recorder_writes_a_private_wav_named_in_the_record(tmp_path: Path,
-                                                           store: CallStore) -> None:
+def test_recorder_writes_a_private_wav_named_in_the_record(
+    tmp_path: Path, store: CallStore
+) -> None:
     obs = observer(store, recordings_dir=tmp_path / "rec")
     recorder = obs.open_recorder("r1", 10.0)
     assert recorder is not None
@@ -156,8 +196,7 @@ def test_recorder_writes_a_private_wav_named_in_the_record(tmp_path: Path,
     assert np.array_equal(frames[:, 0], tone) and np.array_equal(frames[:, 1], tone // 2)
 
 
-def test_no_recorder_when_recording_is_off_or_impossible(tmp_path: Path,
-                                                         store: CallStore) -> None:
+def test_no_recorder_when_recording_is_off_or_impossible(tmp_path: Path, store: CallStore) -> None:
     assert observer(store).open_recorder("r1", 0.0) is None
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -31,9 +31,14 @@ def test_round_trip_keeps_every_field(store: CallStore) -> None:
     assert record.duration == 70
     assert record.outcome == "transferred"
     assert (record.transfer_target, record.transfer_reason) == (
-        "reception", "caller asked for a person")
-    assert record.handoff == {"summary": "wants an appointment", "caller_id": "+4930123456",
-                              "facts": {"name": "Ann"}}
+        "reception",
+        "caller asked for a person",
+    )
+    assert record.handoff == {
+        "summary": "wants an appointment",
+        "caller_id": "+4930123456",
+        "facts": {"name": "Ann"},
+    }
     assert [(t.index, t.speaker, t.text) for t in record.turns] == [
         (1, "agent", "Hello, Smile Dental."),
         (2, "caller", "I need an appointment"),
@@ -41,8 +46,9 @@ def test_round_trip_keeps_every_field(store: CallStore) -> None:
     ]
     last = record.turns[-1]
     assert last.interrupted and not record.turns[0].interrupted
-    assert last.latency == TurnLatency(eos_detect_ms=210, asr_final_ms=55, response_ms=640,
-                                       first_content_ms=910)
+    assert last.latency == TurnLatency(
+        eos_detect_ms=210, asr_final_ms=55, response_ms=640, first_content_ms=910
+    )
     assert record.tool_calls == (
         ToolCall(3, "find_slots", {"day": "monday"}, True, {"slots": ["09:00"]}, None, 12.5),
     )
@@ -154,8 +160,9 @@ def test_not_a_database_is_a_record_error(tmp_path: Path) -> None:
         lambda s: s.add_turn("r1", Turn(0, "robot", "hi", T0)),  # type: ignore[arg-type]
         lambda s: s.add_turn("r1", Turn(-1, "agent", "hi", T0)),
         lambda s: s.add_turn("r1", Turn(0, "agent", "hi", float("nan"))),
-        lambda s: s.add_turn("r1", Turn(0, "agent", "hi", T0,
-                                        latency=TurnLatency(response_ms="fast"))),  # type: ignore[arg-type]
+        lambda s: s.add_turn(
+            "r1", Turn(0, "agent", "hi", T0, latency=TurnLatency(response_ms="fast"))
+        ),  # type: ignore[arg-type]
         lambda s: s.end_call("r1", CallEnd("exploded", T0)),  # type: ignore[arg-type]
         lambda s: s.start_call("", call_id="c", caller=None, at=T0),
         lambda s: s.list(outcome="weird"),  # type: ignore[arg-type]
@@ -202,8 +209,8 @@ def test_delete_before_returns_recordings_and_spares_open_calls(store: CallStore
     assert store.get("old") is None
     assert {r.ref for r in store.list()} == {"open", "new"}
     # cascades: no turn or tool call rows are left behind
-    rows = store._db.execute("SELECT COUNT(*) FROM turns").fetchone()[0]  # noqa: SLF001
-    tools = store._db.execute("SELECT COUNT(*) FROM tool_calls").fetchone()[0]  # noqa: SLF001
+    rows = store._db.execute("SELECT COUNT(*) FROM turns").fetchone()[0]
+    tools = store._db.execute("SELECT COUNT(*) FROM tool_calls").fetchone()[0]
     assert (rows, tools) == (0, 0)
 
 
@@ -225,7 +232,8 @@ def test_every_committed_turn_survives_sigkill(tmp_path: Path) -> None:
     path = tmp_path / "calls.db"
     child = subprocess.Popen(
         [sys.executable, "-c", _WRITER, str(path)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     committed: list[int] = []
     try:
