@@ -28,9 +28,10 @@ from agentd.sip.registration import RegistrationState, RegistrationStatus
 
 if TYPE_CHECKING:
     from agentd.call.events import BargeInRecord, CallSummary, TurnRecord
+    from agentd.config.schema import MetricsConfig
     from agentd.sip.ua import UserAgent
 
-__all__ = ["ERROR_KINDS", "STAGES", "TURN_KINDS", "Metrics"]
+__all__ = ["ERROR_KINDS", "STAGES", "TURN_KINDS", "Metrics", "start_metrics"]
 
 # Stages of a reply as TurnRecord reports them (ms), exposed in seconds.
 STAGES: tuple[str, ...] = (
@@ -310,3 +311,13 @@ class Metrics:
             self.tool_calls.labels("ok" if ok else "error").inc()
             if not ok:
                 self.error("tool")
+
+
+def start_metrics(config: MetricsConfig) -> Metrics | None:
+    """Metrics served as the `metrics:` config says; None when off (port 0).
+    Raises OSError when the port cannot be bound."""
+    if config.port == 0:
+        return None
+    metrics = Metrics()
+    metrics.start_http(config.address, config.port)
+    return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -232,3 +233,19 @@ def test_port_in_use_raises_oserror(served: tuple[Metrics, int]) -> None:
     _, port = served
     with pytest.raises(OSError):
         Metrics().start_http("127.0.0.1", port)
+
+
+def test_start_metrics_from_config() -> None:
+    from agentd.config.schema import MetricsConfig
+    from agentd.metrics import start_metrics
+
+    assert start_metrics(MetricsConfig()) is None  # port 0: off
+    with socket.socket() as probe:  # find a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    metrics = start_metrics(MetricsConfig(port=port))
+    assert metrics is not None
+    try:
+        assert ("agentd_calls_active", ()) in scrape(port)
+    finally:
+        metrics.stop_http()

@@ -34,9 +34,16 @@ from agentd.records.store import CallStore
 
 if TYPE_CHECKING:
     from agentd.call.events import BargeInRecord, CallSummary, TurnRecord
+    from agentd.config.schema import RecordsConfig
     from agentd.media.recorder import CallRecorder
 
-__all__ = ["RecordsObserver", "looks_failed", "loop_to_wall", "summary_outcome"]
+__all__ = [
+    "RecordsObserver",
+    "looks_failed",
+    "loop_to_wall",
+    "open_records",
+    "summary_outcome",
+]
 
 log = logging.getLogger("agentd.records")
 
@@ -257,3 +264,17 @@ class RecordsObserver:
                     break
             self.store.add_tool_call(ref, ToolCall.from_record(call, row))
         state.pending_tools.clear()
+
+
+def open_records(records: RecordsConfig) -> RecordsObserver:
+    """The daemon's records at start-up: open (create) the database from the `records:`
+    config, fail the calls a previous process left open, and record calls if configured.
+    Raises RecordError. Run `retention.run_retention(observer.store, records.retention_days,
+    records.recordings_path)` as a task next."""
+    store = CallStore(records.database_path)
+    orphans = store.close_orphans()
+    if orphans:
+        log.warning("%d call record(s) left open by a previous run marked failed", orphans)
+    return RecordsObserver(
+        store, recordings_dir=records.recordings_path if records.recording else None
+    )

@@ -202,3 +202,28 @@ def test_no_recorder_when_recording_is_off_or_impossible(tmp_path: Path, store: 
     blocker.write_text("not a directory")
     obs = observer(store, recordings_dir=blocker / "rec")
     assert obs.open_recorder("r1", 0.0) is None and obs.failures == 1
+
+
+def test_open_records_from_config(tmp_path: Path) -> None:
+    from agentd.config.schema import Config
+    from agentd.records.observer import open_records
+
+    def config(recording: bool) -> Config:
+        return Config.from_dict(
+            {
+                "sip": {"registrar": "127.0.0.1", "extension": "1", "password": "x"},
+                "records": {"database": "state/calls.db", "recording": recording},
+            },
+            base_dir=tmp_path,
+        )
+
+    with CallStore(tmp_path / "state" / "calls.db") as earlier:
+        earlier.start_call("lost", call_id="c", caller="1", at=OFFSET)
+    first = open_records(config(False).records)
+    assert first.recordings_dir is None
+    lost = first.store.get("lost")
+    assert lost is not None and lost.outcome == "failed"
+    first.store.close()
+    second = open_records(config(True).records)
+    assert second.recordings_dir == tmp_path / "state" / "recordings"
+    second.store.close()
