@@ -1,7 +1,8 @@
 """What the live call loop reports: per-turn latency records, barge-ins, the call's end.
 
 The records/metrics layer implements `CallObserver`; the call loop only calls it. Times are
-seconds on the event loop's clock (`loop.time()`), durations are milliseconds. An observer
+seconds of call audio since the call was answered (20 ms per received RTP frame, which the
+media clock paces in real time); durations are milliseconds. An observer
 must be quick and must not raise (the loop logs and ignores it if it does).
 """
 
@@ -36,8 +37,8 @@ class TurnRecord:
     started_at: float  # the reference instant the latencies count from
     end_of_turn_ms: float | None  # speech end -> end-of-turn decision
     asr_final_ms: float | None  # decision -> final transcript ready
-    first_audio_ms: float | None  # -> first agent audio queued (a filler counts)
-    first_content_ms: float | None  # -> first audio of the dialog's own words
+    first_audio_ms: float | None  # -> first agent audio starts to play (a filler counts)
+    first_content_ms: float | None  # -> the dialog's own words start to play
     fillers: tuple[str, ...]  # cached fillers played while the reply was slow
     reply_text: str  # what the dialog said (all clauses)
     played_text: str  # what the caller actually heard of it

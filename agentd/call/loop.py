@@ -555,14 +555,16 @@ class CallLoop:
                 clause.sent += 1
                 if not chunk.size:
                     continue
+                # When the caller will hear it: now, plus the audio queued ahead of it.
+                heard_at = self._now + int(self.media.queued_samples) / TELEPHONE_RATE
                 start = self._position()
                 self.media.send(chunk)
                 clause.spans.append((start, start + chunk.size))
                 reply.idle_since = None
                 if reply.first_audio_at is None:
-                    reply.first_audio_at = self._now
+                    reply.first_audio_at = heard_at
                 if clause.spoken and reply.first_content_at is None:
-                    reply.first_content_at = self._now
+                    reply.first_content_at = heard_at
             if not clause.complete:
                 return
 

@@ -48,6 +48,7 @@ CONTINUATION_WORDS: frozenset[str] = frozenset({
     "your", "um", "uh", "er", "erm", "ah", "like", "is", "at", "in", "on", "if", "then",
     "that", "i", "i'm", "it's", "was", "are", "from", "about",
 })
+_EPS = 1e-6  # time comparisons on float clocks
 _WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
 
 
@@ -292,18 +293,19 @@ class TurnTaker:
             return
         cfg = self.config
         if self._holding:
-            if now - self._onset >= cfg.backchannel_max_s:
+            if now - self._onset >= cfg.backchannel_max_s - _EPS:
                 self._barge_in(now, "caller kept talking", out)
-            elif now - self._hold_at >= cfg.hold_max_s:
+            elif now - self._hold_at >= cfg.hold_max_s - _EPS:
                 self._barge_in(now, "no decision in time", out)
             elif self._silence_at is not None and self._prepared is not None:
-                if is_backchannel(self._prepared, cfg.backchannels):
+                heard = self._prepared
+                if is_backchannel(heard, cfg.backchannels):
                     self._holding = False
                     self.stats.backchannels += 1
-                    out.append(ResumeAgent(self._prepared))
+                    out.append(ResumeAgent(heard))
                     self._close()
-                    out.append(DropUtterance("backchannel" if self._prepared.strip()
-                                             else "noise", reset_vad=self._vad_speaking))
+                    out.append(DropUtterance("backchannel" if heard.strip() else "noise",
+                                             reset_vad=self._vad_speaking))
                     self._vad_speaking = False
                     return
                 self._barge_in(now, "caller said more than a backchannel", out)
@@ -313,7 +315,7 @@ class TurnTaker:
             return
         silence = now - self._silence_at
         text = self._prepared
-        if (cfg.fast_end_of_turn_s is not None and silence >= cfg.fast_end_of_turn_s
+        if (cfg.fast_end_of_turn_s is not None and silence >= cfg.fast_end_of_turn_s - _EPS
                 and text is not None and looks_complete(text)):
             self.stats.fast_ends += 1
             self._end(now, self._vad_end if self._vad_end is not None else self._silence_at,
@@ -322,7 +324,7 @@ class TurnTaker:
         if self._vad_end is None:
             return
         if text is not None and text.strip() and looks_incomplete(text):
-            if silence < cfg.end_of_turn_s + cfg.incomplete_hold_s:
+            if silence < cfg.end_of_turn_s + cfg.incomplete_hold_s - _EPS:
                 return
             self.stats.incomplete_holds += 1
         self._end(now, self._vad_end, out)

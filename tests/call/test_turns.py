@@ -1,0 +1,214 @@
+"""TurnTaker: end-of-turn timing and the barge-in hold decision, on a fake clock."""
+
+from __future__ import annotations
+
+from agentd.call.turns import (
+    BargeIn,
+    DropUtterance,
+    EndOfTurn,
+    HoldAgent,
+    OpenUtterance,
+    PrepareFinal,
+    ResumeAgent,
+    TurnConfig,
+    TurnTaker,
+    is_backchannel,
+    looks_complete,
+    looks_incomplete,
+)
+from agentd.speech.interfaces import SpeechEnded, SpeechStarted
+
+STEP = 0.02
+
+
+class Driver:
+    """Feeds one VAD step per 20 ms and collects the actions."""
+
+    def __init__(self, config: TurnConfig | None = None) -> None:
+        self.turns = TurnTaker(config or TurnConfig())
+        self.now = 0.0
+        self.actions: list[object] = []
+
+    def run(self, seconds: float, probability: float, events: list[object] | None = None
+            ) -> list[object]:
+        got: list[object] = []
+        first = True
+        for _ in range(max(1, round(seconds / STEP))):
+            self.now = round(self.now + STEP, 6)
+            got += self.turns.frame(self.now, probability, (events or []) if first else [])
+            first = False
+        self.actions += got
+        return got
+
+    def prepared(self, text: str) -> list[object]:
+        seq = [a for a in self.actions if isinstance(a, PrepareFinal)][-1].seq
+        got = self.turns.prepared(self.now, seq, text)
+        self.actions += got
+        return got
+
+    def of(self, kind: type) -> list[object]:
+        return [a for a in self.actions if isinstance(a, kind)]
+
+
+def speak(d: Driver, seconds: float) -> None:
+    d.run(STEP, 0.9, [SpeechStarted(at=d.now - 0.2, probability=0.9)])
+    d.run(seconds - STEP, 0.9)
+
+
+def test_text_checks() -> None:
+    assert is_backchannel("Uh-huh.") and is_backchannel("okay, okay") and is_backchannel("")
+    assert is_backchannel("Mm-hmm") and is_backchannel("yeah right")
+    assert not is_backchannel("okay but when") and not is_backchannel("no")
+    assert looks_complete("I'd like to book a cleaning.")
+    assert not looks_complete("I'd like to book and.") and not looks_complete("Tuesday")
+    assert looks_incomplete("I want to, um") and looks_incomplete("so the")
+    assert not looks_incomplete("Tuesday at ten.")
+
+
+def test_utterance_opens_and_final_is_prepared_at_first_silence() -> None:
+    d = Driver()
+    speak(d, 1.0)
+    opened = d.of(OpenUtterance)
+    assert len(opened) == 1 and abs(opened[0].start_at + 0.2) < 1e-6
+    assert not d.of(PrepareFinal)
+    silence_at = d.now
+    d.run(STEP, 0.1)
+    assert len(d.of(PrepareFinal)) == 1 and abs(d.now - silence_at - STEP) < 1e-6
+
+
+def test_complete_sentence_ends_the_turn_on_the_fast_path() -> None:
+    d = Driver(TurnConfig(fast_end_of_turn_s=0.2, end_of_turn_s=0.4))
+    speak(d, 1.0)
+    d.run(0.1, 0.1)
+    assert not d.prepared("I'd like to book a cleaning.")  # too early: 100 ms of silence
+    d.run(0.06, 0.1)
+    assert not d.of(EndOfTurn)
+    d.run(0.06, 0.1)
+    ends = d.of(EndOfTurn)
+    assert len(ends) == 1
+    end = ends[0]
+    assert 0.199 <= end.decided_at - end.speech_end_at < 0.26
+    assert end.reset_vad  # the VAD has not ended its speech: the loop resets it
+    assert d.turns.stats.fast_ends == 1 and not d.turns.in_utterance
+
+
+def test_without_a_transcript_the_vad_end_of_turn_decides() -> None:
+    d = Driver(TurnConfig(fast_end_of_turn_s=0.2))
+    speak(d, 1.0)
+    d.run(0.3, 0.1)
+    assert not d.of(EndOfTurn)  # no prepared text yet: wait for the VAD
+    d.run(STEP, 0.1, [SpeechEnded(at=1.0, duration=1.0)])
+    ends = d.of(EndOfTurn)
+    assert len(ends) == 1 and ends[0].speech_end_at == 1.0 and not ends[0].reset_vad
+
+
+def test_an_unfinished_sentence_gets_more_time() -> None:
+    d = Driver(TurnConfig(fast_end_of_turn_s=0.2, end_of_turn_s=0.4, incomplete_hold_s=0.6))
+    speak(d, 1.0)
+    d.run(0.1, 0.1)
+    d.prepared("I'd like to book an appointment for, um")
+    d.run(0.3, 0.1)
+    d.run(STEP, 0.1, [SpeechEnded(at=1.0, duration=1.0)])
+    d.run(0.3, 0.1)
+    assert not d.of(EndOfTurn)  # 0.7 s of silence: still waiting
+    d.run(0.4, 0.1)
+    ends = d.of(EndOfTurn)
+    assert len(ends) == 1 and 0.95 <= ends[0].decided_at - 1.0 <= 1.1
+    assert d.turns.stats.incomplete_holds == 1
+
+
+def test_speech_resuming_in_the_pause_continues_the_turn() -> None:
+    d = Driver()
+    speak(d, 0.6)
+    d.run(0.1, 0.1)
+    d.prepared("I need")
+    d.run(0.3, 0.9)  # talks again before any end of turn
+    d.run(0.15, 0.1)
+    assert len(d.of(OpenUtterance)) == 1 and len(d.of(PrepareFinal)) == 2
+    assert not d.of(EndOfTurn)
+    d.prepared("I need a new appointment.")
+    d.run(0.1, 0.1)
+    assert len(d.of(EndOfTurn)) == 1
+
+
+def test_speech_during_agent_audio_holds_then_barges_in_when_it_goes_on() -> None:
+    d = Driver(TurnConfig(backchannel_max_s=0.8))
+    d.turns.agent_active(0.0, True)
+    d.run(STEP, 0.9, [SpeechStarted(at=d.now - 0.2 + STEP, probability=0.9)])
+    holds = d.of(HoldAgent)
+    assert len(holds) == 1 and holds[0].at == d.now  # stop at once, on confirmation
+    d.run(0.5, 0.9)
+    assert not d.of(BargeIn)
+    d.run(0.2, 0.9)
+    barge = d.of(BargeIn)
+    assert len(barge) == 1 and barge[0].reason == "caller kept talking"
+    assert d.turns.in_utterance  # the interruption is the caller's next turn
+    d.turns.agent_active(d.now, False)
+    d.run(0.1, 0.1)
+    d.prepared("Actually I need to cancel.")
+    d.run(0.2, 0.1)
+    assert len(d.of(EndOfTurn)) == 1
+
+
+def test_backchannel_resumes_the_agent_and_drops_the_utterance() -> None:
+    d = Driver()
+    d.turns.agent_active(0.0, True)
+    d.run(STEP, 0.9, [SpeechStarted(at=d.now - 0.2, probability=0.9)])
+    d.run(0.1, 0.9)
+    d.run(0.1, 0.1)
+    assert not d.of(ResumeAgent)
+    got = d.prepared("Uh-huh.")
+    assert isinstance(got[0], ResumeAgent) and got[0].heard == "Uh-huh."
+    assert isinstance(got[1], DropUtterance) and got[1].reason == "backchannel"
+    assert got[1].reset_vad
+    assert not d.of(BargeIn) and not d.turns.in_utterance
+    assert d.turns.stats.backchannels == 1
+
+
+def test_noise_resumes_the_agent() -> None:
+    d = Driver()
+    d.turns.agent_active(0.0, True)
+    d.run(STEP, 0.9, [SpeechStarted(at=d.now - 0.2, probability=0.9)])
+    d.run(0.1, 0.1)
+    got = d.prepared("")
+    assert isinstance(got[0], ResumeAgent) and got[1].reason == "noise"
+
+
+def test_short_real_words_barge_in() -> None:
+    d = Driver()
+    d.turns.agent_active(0.0, True)
+    d.run(STEP, 0.9, [SpeechStarted(at=d.now - 0.2, probability=0.9)])
+    d.run(0.2, 0.9)
+    d.run(0.1, 0.1)
+    got = d.prepared("Stop.")
+    assert isinstance(got[0], BargeIn)
+    d.turns.agent_active(d.now, False)
+    d.run(0.2, 0.1)
+    assert len(d.of(EndOfTurn)) == 1  # "Stop." is then answered as a turn
+
+
+def test_hold_without_a_decision_times_out_into_a_barge_in() -> None:
+    d = Driver(TurnConfig(hold_max_s=0.5, backchannel_max_s=5.0))
+    d.turns.agent_active(0.0, True)
+    d.run(STEP, 0.9, [SpeechStarted(at=d.now - 0.2, probability=0.9)])
+    d.run(0.1, 0.1)  # silence, but the prepared text never comes
+    d.run(0.5, 0.1)
+    assert [a.reason for a in d.of(BargeIn)] == ["no decision in time"]
+
+
+def test_a_reply_ready_while_the_caller_talks_waits_for_the_decision() -> None:
+    d = Driver()
+    speak(d, 0.4)
+    got = d.turns.agent_active(d.now, True)
+    assert len(got) == 1 and isinstance(got[0], HoldAgent)
+    assert d.turns.holding
+
+
+def test_stale_prepared_results_are_ignored() -> None:
+    d = Driver()
+    speak(d, 0.5)
+    d.run(0.1, 0.1)
+    old = d.of(PrepareFinal)[-1].seq
+    d.run(0.1, 0.9)
+    d.run(0.3, 0.1)
+    assert d.turns.prepared(d.now, old, "Yes.") == []
