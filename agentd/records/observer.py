@@ -6,6 +6,10 @@ at index 2*i and the agent's reply at 2*i+1. Times arrive on the event loop's cl
 stored as wall-clock time. Tool calls come from the record's `tool_calls` when the loop
 reports them there, else from the hand-off at the call's end (matched to turns by name, in
 order). Nothing here raises into the call loop: failures are logged and counted.
+
+Times: the loop reports on its own clock (the call's audio clock, 0.0 at `call_started`;
+any clock will do as long as `call_started`'s `at` is "now" on it). Each call is anchored
+to the wall clock when `call_started` arrives, and stored as wall-clock time.
 """
 
 from __future__ import annotations
@@ -40,7 +44,6 @@ if TYPE_CHECKING:
 __all__ = [
     "RecordsObserver",
     "looks_failed",
-    "loop_to_wall",
     "open_records",
     "summary_outcome",
 ]
@@ -50,11 +53,6 @@ log = logging.getLogger("agentd.records")
 _MAX_OPEN_CALLS = 4096  # per-call state kept for calls the loop never finished
 # end_reason prefixes that mean the call ended because something broke
 _FAILED_REASONS = ("error", "failed", "failure", "crash", "internal")
-
-
-def loop_to_wall(at: float) -> float:
-    """An event-loop time as wall-clock time (asyncio's loop clock is time.monotonic)."""
-    return at + (time.time() - time.monotonic())
 
 
 def looks_failed(end_reason: str | None) -> bool:
@@ -82,6 +80,9 @@ class _OpenCall:
     caller_turns: int = 0
     recording: str | None = None
     detailed_tools: bool = False  # the loop reported tool calls with their turns
+    # wall time = wall_anchor + (loop time - loop_anchor); set by the first report
+    wall_anchor: float | None = None
+    loop_anchor: float = 0.0
     # (row index, tool name) of tools the loop named but did not detail
     pending_tools: list[tuple[int, str]] = field(default_factory=list)
 
@@ -97,13 +98,11 @@ class RecordsObserver:
         store: CallStore,
         *,
         recordings_dir: str | os.PathLike[str] | None = None,
-        to_wall: Callable[[float], float] = loop_to_wall,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.recordings_dir = None if recordings_dir is None else Path(recordings_dir)
         self.failures = 0
-        self._to_wall = to_wall
         self._clock = clock
         self._calls: OrderedDict[str, _OpenCall] = OrderedDict()
 
@@ -116,6 +115,15 @@ class RecordsObserver:
             while len(self._calls) > _MAX_OPEN_CALLS:
                 self._calls.popitem(last=False)
         return state
+
+    def _anchor(self, state: _OpenCall, at: float) -> None:
+        if state.wall_anchor is None:
+            state.wall_anchor, state.loop_anchor = self._clock(), at
+
+    @staticmethod
+    def _wall(state: _OpenCall, at: float) -> float:
+        assert state.wall_anchor is not None
+        return state.wall_anchor + (at - state.loop_anchor)
 
     def _guard(self, what: str, ref: str, action: Callable[[], None]) -> None:
         try:
@@ -136,9 +144,7 @@ class RecordsObserver:
         if self.recordings_dir is None:
             return None
         try:
-            recorder = open_call_recorder(
-                self.recordings_dir, call_ref, self._to_wall(media_start), media_start
-            )
+            recorder = open_call_recorder(self.recordings_dir, call_ref, self._clock(), media_start)
         except OSError as exc:
             self.failures += 1
             log.error(
@@ -166,12 +172,13 @@ class RecordsObserver:
         call_id: str = "",
         rang_at: float | None = None,
     ) -> None:
-        """The call was answered at `at` (loop time); `rang_at` (wall clock, e.g.
-        `CallLeg.started_at`) when the INVITE came, if known."""
+        """The call was answered at `at` (the loop's clock, now); `rang_at` (wall clock,
+        e.g. `CallLeg.started_at`) when the INVITE came, if known."""
         state = self._call(call_ref)
+        self._anchor(state, at)
 
         def write() -> None:
-            answered_at = self._to_wall(at)
+            answered_at = self._wall(state, at)
             self.store.start_call(
                 call_ref,
                 call_id=call_id,
@@ -193,7 +200,7 @@ class RecordsObserver:
         state = self._call(ref)
         if not state.started:
             self.call_started(ref, "", record.started_at)
-        reference = self._to_wall(record.started_at)
+        reference = self._wall(state, record.started_at)
         caller_row, agent_row = 2 * record.index, 2 * record.index + 1
         if record.caller_text:
             text = f"[keypad] {record.caller_text}" if record.kind == "dtmf" else record.caller_text
@@ -235,6 +242,7 @@ class RecordsObserver:
     def _write_end(self, summary: CallSummary) -> None:
         ref = summary.call_ref
         state = self._call(ref)
+        self._anchor(state, summary.ended_at)  # no earlier report: the call ends now
         if not state.started:
             self.call_started(ref, summary.caller, summary.started_at)
         handoff = summary.handoff
@@ -244,7 +252,7 @@ class RecordsObserver:
             ref,
             CallEnd(
                 outcome=summary_outcome(summary, state.caller_turns),
-                ended_at=self._to_wall(summary.ended_at),
+                ended_at=self._wall(state, summary.ended_at),
                 reason=summary.end_reason,
                 transfer_target=summary.transferred_to,
                 transfer_reason=handoff.reason if handoff and summary.transferred_to else None,

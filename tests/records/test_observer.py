@@ -13,13 +13,12 @@ from agentd.dialog.types import HandoffRecord, ToolCallRecord, TranscriptLine
 from agentd.records import CallStore
 from agentd.records.observer import RecordsObserver, looks_failed
 
-OFFSET = 1_700_000_000.0  # loop time 0 is this wall time in these tests
+OFFSET = 1_700_000_000.0
+# Calls start at loop time 10.0 with the wall clock at OFFSET + 10: loop time t is OFFSET + t.
 
 
 def observer(store: CallStore, **kwargs: object) -> RecordsObserver:
-    return RecordsObserver(
-        store, to_wall=lambda at: at + OFFSET, clock=lambda: OFFSET + 99.0, **kwargs
-    )  # type: ignore[arg-type]
+    return RecordsObserver(store, clock=lambda: OFFSET + 10.0, **kwargs)  # type: ignore[arg-type]
 
 
 def turn(
@@ -227,3 +226,19 @@ def test_open_records_from_config(tmp_path: Path) -> None:
     second = open_records(config(True).records)
     assert second.recordings_dir == tmp_path / "state" / "recordings"
     second.store.close()
+
+
+def test_call_clock_is_anchored_to_the_wall_clock_at_call_start(store: CallStore) -> None:
+    # The live loop reports on the call's audio clock: 0.0 when the call starts.
+    wall = [OFFSET + 500.0]
+    obs = RecordsObserver(store, clock=lambda: wall[0])
+    obs.call_started("r1", "1001", 0.0)
+    wall[0] += 7.0
+    obs.turn_finished(turn(1, caller="hi", reply="hello", at=6.0, first_audio=400.0))
+    obs.call_finished(CallSummary("r1", "1001", 0.0, 30.0, "remote hangup", 1, 0, 0, None, None))
+    record = store.get("r1")
+    assert record is not None
+    assert record.answered_at == OFFSET + 500.0 and record.ended_at == OFFSET + 530.0
+    assert record.turns[0].started_at == OFFSET + 506.0
+    assert record.turns[1].started_at == pytest.approx(OFFSET + 506.4)
+    assert record.turns[1].ended_at == OFFSET + 507.0  # reported when playback finished
