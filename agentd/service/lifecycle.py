@@ -29,7 +29,6 @@ import contextlib
 import gc
 import logging
 import os
-import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -423,40 +422,8 @@ class Service:
 
 
 async def reregister(ua: UserAgent, settings: UaSettings) -> None:
-    """Un-REGISTER the old account, switch `ua` to `settings`, REGISTER the new one.
-
-    Calls in progress are untouched (their dialogs do not depend on the registration).
-    Uses the UA's registration internals: UserAgent has no public re-register yet.
-    """
-    from agentd.sip.auth import DigestClient
-    from agentd.sip.registration import Registration, RegistrationConfig
-
-    loop = asyncio.get_running_loop()
-    running = ua._registering  # noqa: SLF001
-    if running is not None and not running.done():
-        running.cancel()
-        await asyncio.wait([running], timeout=2.0)
-    if ua.registration is not None:
-        request = ua.registration.stop(loop.time())
-        if request is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(ua._registration_exchange(request), 3.0)  # noqa: SLF001
-    ua.settings = settings
-    ua.credentials = DigestClient(settings.auth_user, settings.password)
-    ua.registration = Registration(
-        RegistrationConfig(
-            aor=ua.aor,
-            registrar_uri=f"sip:{settings.domain}",
-            contact=ua.contact,
-            call_id=f"{secrets.token_hex(12)}@agentd",
-            from_tag=secrets.token_hex(6),
-            expires=settings.register_expires,
-            user_agent=settings.user_agent,
-            max_refresh=settings.registration_max_refresh,
-        ),
-        ua.credentials,
-    )
-    ua._spawn_registration(ua.registration.start(loop.time()))  # noqa: SLF001
+    """Un-REGISTER the old account, switch `ua` to `settings`, REGISTER the new one."""
+    await ua.reregister(settings)
 
 
 def prepare_process() -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from agentd.media.jitterbuffer import JitterBuffer
 from agentd.media.session import RtpSession, open_session_in_range
 from agentd.media.g711 import alaw_decode, ulaw_decode
+from agentd.service.logging import Private
 from agentd.sip.dialog import Dialog, DialogError, uri_destination
 from agentd.sip.message import SipRequest
 from agentd.sip.refer import TransferProgress, build_refer_to, parse_notify, user_to_user_value
@@ -184,7 +185,7 @@ class CallLeg:
         # Through the UA, so stop() waits for it like every other call task.
         self._tasks.append(self.ua.spawn(self._forward_rtp_dtmf(), name=f"dtmf-{self.call_id}"))
         log.info("call %s answered: %s from %s (%s)", self.reference, self.call_id,
-                 self.caller, negotiated.codec)
+                 Private(self.caller), negotiated.codec)
         confirmed = await self._send_2xx(invite, self.invite_tx, headers, answer.to_bytes())
         if not confirmed:
             log.warning("call %s: no ACK for our 200 OK; hanging up", self.reference)

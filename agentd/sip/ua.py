@@ -174,20 +174,44 @@ class UserAgent:
         await self.transport.start()
         self._timer_task = asyncio.get_running_loop().create_task(self._run_timers())
         if self.settings.register:
-            self.registration = Registration(
-                RegistrationConfig(
-                    aor=self.aor,
-                    registrar_uri=f"sip:{self.settings.domain}",
-                    contact=self.contact,
-                    call_id=f"{secrets.token_hex(12)}@agentd",
-                    from_tag=secrets.token_hex(6),
-                    expires=self.settings.register_expires,
-                    user_agent=self.settings.user_agent,
-                    max_refresh=self.settings.registration_max_refresh,
-                ),
-                self.credentials,
-            )
-            self._spawn_registration(self.registration.start(self._now()))
+            self._begin_registration()
+
+    def _begin_registration(self) -> None:
+        self.registration = Registration(
+            RegistrationConfig(
+                aor=self.aor,
+                registrar_uri=f"sip:{self.settings.domain}",
+                contact=self.contact,
+                call_id=f"{secrets.token_hex(12)}@agentd",
+                from_tag=secrets.token_hex(6),
+                expires=self.settings.register_expires,
+                user_agent=self.settings.user_agent,
+                max_refresh=self.settings.registration_max_refresh,
+            ),
+            self.credentials,
+        )
+        self._spawn_registration(self.registration.start(self._now()))
+
+    async def reregister(self, settings: UaSettings) -> None:
+        """Switch to a new SIP account (a reload): un-REGISTER the old binding, then REGISTER
+        with `settings`. Calls in progress are untouched; their dialogs do not depend on it.
+        The listening address is not changed here (that needs a restart)."""
+        if self._registering is not None and not self._registering.done():
+            self._registering.cancel()
+            await asyncio.wait([self._registering], timeout=2.0)
+        if self.registration is not None:
+            request = self.registration.stop(self._now())
+            if request is not None:
+                try:
+                    await asyncio.wait_for(self._registration_exchange(request), 3.0)
+                except (TimeoutError, asyncio.CancelledError):
+                    pass
+        self.settings = settings
+        self.credentials = DigestClient(settings.auth_user, settings.password)
+        self._limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
+        self.registration = None
+        if settings.register:
+            self._begin_registration()
 
     async def wait_registered(self, timeout: float) -> bool:
         """True once registered; False when `timeout` passes first."""
