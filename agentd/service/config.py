@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from agentd.config.values import FilePath, Integer, Number, Section
+from agentd.config.values import FilePath, Number, Section
 
 
 class ServiceConfig(Section):

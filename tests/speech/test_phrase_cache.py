@@ -7,7 +7,6 @@ import threading
 import time
 import wave
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
