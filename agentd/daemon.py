@@ -90,12 +90,28 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
-    ua = UserAgent(ua_settings(config), call_handler(config))
+    services = None
+    if config.dialog.enabled:
+        # The AI agent: models load once here and every call shares them.
+        from agentd.call.app import agent_handler, build_services
+        from agentd.speech.interfaces import SpeechError
+
+        try:
+            services = await asyncio.to_thread(build_services, config)
+        except (SpeechError, OSError, ValueError, RuntimeError) as exc:  # ModelError, LlmError
+            log.error("cannot start the agent: %s", exc)
+            return 1
+        handler = agent_handler(services)
+    else:
+        handler = call_handler(config)
+    ua = UserAgent(ua_settings(config), handler)
     try:
         await ua.start()
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.sip.local_address,
                   config.sip.local_port, exc)
+        if services is not None:
+            services.tts.close()
         return 1
     # Start-up objects (config, models, modules) never die: keep them out of the garbage
     # collector's full passes, which otherwise stall the media clock for 10+ ms.
@@ -107,6 +123,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     await stop.wait()
     log.info("stopping after %.0f s", time.monotonic() - started)
     await ua.stop()
+    if services is not None:
+        services.tts.close()
     return 0
 
 

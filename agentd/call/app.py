@@ -1,0 +1,59 @@
+"""Start-up wiring: build the shared engines once (VAD, ASR, TTS, phrases, dialog with a
+scheduled LLM) from the config and hand out the per-call handler."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agentd.call.events import CallObserver, LogObserver
+from agentd.call.loop import AgentServices, CallLoopConfig, agent_handler
+from agentd.call.phrases import PhraseBook, policy_phrases
+from agentd.call.scheduler import ScheduledLlm, TtsScheduler
+from agentd.call.turns import TurnConfig
+
+log = logging.getLogger("agentd.call")
+
+__all__ = ["agent_handler", "build_services", "loop_config"]
+
+
+def loop_config(config: Any) -> CallLoopConfig:
+    """Turn-taking thresholds follow the `speech.vad` section (the VAD and the turn logic
+    must agree); the rest are the call loop's defaults until it has a config section."""
+    from agentd.speech.factory import vad_config
+
+    vad = vad_config(config.speech)
+    return CallLoopConfig(
+        vad=vad,
+        turns=TurnConfig(threshold=vad.threshold, neg_threshold=vad.neg_threshold,
+                         end_of_turn_s=vad.end_of_turn_ms / 1000),
+    )
+
+
+def build_services(config: Any, observer: CallObserver | None = None,
+                   call_config: CallLoopConfig | None = None) -> AgentServices:
+    """Load every model once (blocking: call it in a thread at start-up) and warm the
+    phrases (greeting, fillers, the policy's fixed lines)."""
+    from agentd.dialog.agent import DialogEngine
+    from agentd.speech.factory import (
+        build_asr,
+        build_phrase_cache,
+        build_tts,
+        build_vad,
+        speech_store,
+    )
+
+    store = speech_store(config.speech)
+    vad = build_vad(config.speech, store)
+    asr = build_asr(config.speech, store)
+    tts_engine = build_tts(config.speech, store)
+    phrases = PhraseBook(tts_engine, build_phrase_cache(config.speech, tts_engine))
+    engine = DialogEngine.from_config(config.dialog, model_store=store)
+    engine.llm = ScheduledLlm(engine.llm)  # one generation at a time across calls
+    call_config = call_config or loop_config(config)
+    made = phrases.warm([*policy_phrases(engine.policy), *call_config.fillers])
+    log.info("agent ready: %s VAD, %s ASR, %s TTS, %d phrases synthesised", vad.name,
+             asr.name, tts_engine.name, made)
+    return AgentServices(vad=vad, asr=asr, tts=TtsScheduler(tts_engine), phrases=phrases,
+                         dialog=engine, config=call_config,
+                         observer=observer if observer is not None else LogObserver())
