@@ -77,7 +77,8 @@ class FakeVadStream:
             self._quiet_since = None
             if self._run_start is None:
                 self._run_start = start
-            if not self._speaking and now - self._run_start >= self.config.min_speech_ms / 1000 - 1e-6:
+            min_speech = self.config.min_speech_ms / 1000 - 1e-6
+            if not self._speaking and now - self._run_start >= min_speech:
                 self._speaking = True
                 self.confirmed.append(now)
                 events.append(SpeechStarted(at=self._run_start, probability=0.9))
