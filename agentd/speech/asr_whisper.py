@@ -43,8 +43,11 @@ _GATE_FLOOR_RMS = 100.0  # int16 RMS (~ -50 dBFS): quieter than this is never so
 # percentile, so one loud click cannot make real speech look quiet):
 _SPEECH_GATE = 0.1  # -20 dB: "did the caller say more?" (partials due, reuse of a decode);
 # a 20 dB SNR noise floor stays under it
-_TRIM_GATE = 0.03  # -30 dB: what is kept for decoding; soft word ends stay in
 _TRIM_MARGIN_S = 0.3  # ... plus this much around it
+_NOISE_PERCENTILE = 10  # the line's quiet: the 10th percentile of frame RMS ...
+_NOISE_HEADROOM = 2.0  # ... and sound is what is 6 dB above it
+_END_MARGIN_S = 0.3  # after the last sound; zero-filled when not yet heard (see _decode_now)
+_MAX_PROMPT_TOKENS = 100
 _WORD_KEY = re.compile(r"[^\w']+")
 
 
@@ -103,6 +106,8 @@ class WhisperAsr:
         *,
         threads: int = 1,
         beam_size: int = 1,
+        final_beam_size: int = 5,
+        prompt: str | None = None,
         language: str = "en",
         compute_type: str = "int8",
         partial_interval_s: float = 1.0,
@@ -113,8 +118,8 @@ class WhisperAsr:
     ) -> None:
         model_dir = Path(model_dir)
         _check_model_dir(model_dir, model_id)
-        if threads < 1 or beam_size < 1:
-            raise ValueError("threads and beam_size must be >= 1")
+        if threads < 1 or beam_size < 1 or final_beam_size < 1:
+            raise ValueError("threads, beam_size and final_beam_size must be >= 1")
         if pad_s <= 0.0 or pad_s + chunk_s > 30.0 or min_window_s > 30.0:
             raise ValueError("need pad_s > 0, pad_s + chunk_s <= 30 and min_window_s <= 30")
         try:
@@ -140,6 +145,8 @@ class WhisperAsr:
         self.language = language
         self.model_dir = model_dir
         self.beam_size = beam_size
+        self.final_beam_size = final_beam_size
+        self.prompt = prompt
         self.partial_interval_s = partial_interval_s
         import ctranslate2
 
@@ -148,6 +155,12 @@ class WhisperAsr:
             self._model.hf_tokenizer, multilingual, task="transcribe", language=language
         )
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+        if prompt and prompt.strip():
+            # Whisper reads text after <|startofprev|> as what was said before: it biases
+            # spelling and vocabulary (names, "appointment") without being transcribed.
+            previous = self._tokenizer.encode(" " + prompt.strip())[-_MAX_PROMPT_TOKENS:]
+            self._prompt = [self._tokenizer.sot_prev, *previous, *self._prompt]
+        self.end_margin_s = _END_MARGIN_S
         self._min_frames = int(min_window_s * 100)
         self._pad_frames = int(pad_s * 100)
         self._chunk_samples = int(chunk_s * WHISPER_RATE)
@@ -163,8 +176,8 @@ class WhisperAsr:
 
     # -- decoding (thread-safe: features are pure, CTranslate2 queues concurrent calls) --
 
-    def decode(self, audio: np.ndarray) -> _Decoded:
-        """Decode <= chunk_s of 16 kHz float32 audio."""
+    def decode(self, audio: np.ndarray, beam_size: int | None = None) -> _Decoded:
+        """Decode <= chunk_s of 16 kHz float32 audio (greedy unless `beam_size` > 1)."""
         n_frames = math.ceil(len(audio) / _HOP)
         window = min(_MAX_FRAMES, max(self._min_frames, n_frames + self._pad_frames))
         window -= window % 2  # the encoder's stride-2 convolution
@@ -177,7 +190,7 @@ class WhisperAsr:
         result = self._model.model.generate(
             encoded,
             [self._prompt],
-            beam_size=self.beam_size,
+            beam_size=beam_size or self.beam_size,
             max_length=len(self._prompt) + max_new,
             return_scores=True,
             return_no_speech_prob=True,
@@ -197,6 +210,7 @@ class WhisperAsr:
 class _Hypothesis:
     upto: int  # 8 kHz samples of the utterance it covers
     transcript: Transcript
+    final: bool  # decoded with the final beam (a greedy partial is not reused as the final)
 
 
 class WhisperStream:
@@ -207,15 +221,14 @@ class WhisperStream:
         self._engine = engine
         self._lock = threading.Lock()  # audio buffers and flags; held briefly
         self._decode_lock = threading.Lock()  # one decode at a time per stream
-        self._resampler = StreamResampler(TELEPHONE_RATE, WHISPER_RATE)
-        self._audio16: list[np.ndarray] = []
+        self._audio8: list[np.ndarray] = []  # resampled per decode window, see _window
         self._samples8 = 0
         self._tail8 = np.zeros(0, dtype=np.int16)  # < one gate frame not yet measured
         self._levels: list[np.ndarray] = []  # RMS of each 20 ms frame so far
         self._last_partial_at = 0
         self._last_partial_text = ""
-        self._best: _Hypothesis | None = None  # newest decode, reusable as the final
-        self._chunk_texts: dict[int, _Decoded] = {}  # completed 25 s chunks, decoded once
+        self._best: _Hypothesis | None = None  # newest decode, reusable when only quiet followed
+        self._chunk_texts: dict[tuple[int, bool], _Decoded] = {}  # completed chunks, decoded once
         self._finished = False
         self._cancelled = False
         self.decodes = 0  # model decodes run by this stream (tests and benchmarks read it)
@@ -231,7 +244,8 @@ class WhisperStream:
                 return None
             if self._finished:
                 raise SpeechError("accept() after finish(): open a new stream per utterance")
-            self._audio16.append(self._resampler.process(samples))
+            if len(samples):
+                self._audio8.append(samples.copy())
             self._measure(samples)
             self._samples8 += len(samples)
             due = (
@@ -246,7 +260,7 @@ class WhisperStream:
         if not due or not self._decode_lock.acquire(blocking=False):
             return None  # a final being prepared is worth more than this partial
         try:
-            hypothesis = self._decode_now()
+            hypothesis = self._decode_now(final=False)
         finally:
             self._decode_lock.release()
         if hypothesis is None or not hypothesis.transcript.text:
@@ -266,7 +280,7 @@ class WhisperStream:
         in between. Returns the candidate (final=False), or None after cancel.
         """
         with self._decode_lock:
-            hypothesis = self._decode_now()
+            hypothesis = self._decode_now(final=True)
         if hypothesis is None:
             return None
         t = hypothesis.transcript
@@ -277,9 +291,8 @@ class WhisperStream:
             if self._cancelled:
                 return Transcript("", final=True)
             self._finished = True
-            self._audio16.append(self._resampler.flush())
         with self._decode_lock:
-            hypothesis = self._decode_now()
+            hypothesis = self._decode_now(final=True)
         if hypothesis is None:  # cancelled meanwhile
             return Transcript("", final=True)
         t = hypothesis.transcript
@@ -288,7 +301,7 @@ class WhisperStream:
     def cancel(self) -> None:
         with self._lock:
             self._cancelled = True
-            self._audio16.clear()
+            self._audio8.clear()
             self._chunk_texts.clear()
             self._best = None
 
@@ -306,9 +319,7 @@ class WhisperStream:
     def _sound_span(self, gate: float) -> tuple[int, int]:
         """(start, end) in 8 kHz samples of the frames at >= `gate` x the speech level;
         (0, 0) when nothing rose above the absolute floor (caller holds the lock)."""
-        if len(self._levels) > 1:
-            self._levels = [np.concatenate(self._levels)]
-        levels = self._levels[0] if self._levels else np.zeros(0, np.float32)
+        levels = self._all_levels()
         audible = levels[levels >= _GATE_FLOOR_RMS]
         if not audible.size:
             return 0, 0
@@ -316,39 +327,60 @@ class WhisperStream:
         loud = np.flatnonzero(levels >= threshold)
         return int(loud[0]) * _GATE_FRAME, (int(loud[-1]) + 1) * _GATE_FRAME
 
-    def _decode_now(self) -> _Hypothesis | None:
-        """Hypothesis for all audio so far; reuses the newest one when only quiet followed.
-
-        Caller holds the decode lock.
+    def _keep_span(self) -> tuple[int, int]:
+        """(start, end) in 8 kHz samples of what is decoded: every frame above the line's
+        own quiet (noise floor) or the absolute floor, so a soft word is never cut however
+        far under the loud ones it is; (0, 0) when nothing is audible (caller holds the lock).
         """
+        levels = self._all_levels()
+        if not levels.size or levels.max() < _GATE_FLOOR_RMS:
+            return 0, 0
+        quiet = float(np.percentile(levels, _NOISE_PERCENTILE))
+        threshold = max(_GATE_FLOOR_RMS, quiet * _NOISE_HEADROOM)
+        kept = np.flatnonzero(levels >= threshold)
+        if not kept.size:  # steady sound, e.g. noise only: keep it all, the decoder decides
+            return 0, len(levels) * _GATE_FRAME
+        return int(kept[0]) * _GATE_FRAME, (int(kept[-1]) + 1) * _GATE_FRAME
+
+    def _all_levels(self) -> np.ndarray:
+        if len(self._levels) > 1:
+            self._levels = [np.concatenate(self._levels)]
+        return self._levels[0] if self._levels else np.zeros(0, np.float32)
+
+    def _decode_now(self, *, final: bool) -> _Hypothesis | None:
+        """Hypothesis for all audio so far; reuses the newest one when only quiet followed
+        (a greedy partial only for another partial). Caller holds the decode lock."""
         with self._lock:
             if self._cancelled:
                 return None
             best = self._best
             said_until = self._sound_span(_SPEECH_GATE)[1]
-            if best is not None and best.upto >= said_until:
+            if best is not None and best.upto >= said_until and (best.final or not final):
                 return best
             upto = self._samples8
-            first, last = self._sound_span(_TRIM_GATE)
+            first, last = self._keep_span()
             if last == 0:  # nothing but quiet: nothing to hear
-                best = _Hypothesis(upto, Transcript("", final=False))
+                best = _Hypothesis(upto, Transcript("", final=False), final=True)
                 self._best = best
                 return best
-            audio = np.concatenate(self._audio16) if self._audio16 else np.zeros(0, np.int16)
-        # 8 kHz positions to 16 kHz, with a margin: soft word edges sit under the gate.
-        margin = int(_TRIM_MARGIN_S * WHISPER_RATE)
-        begin = max(0, first * 2 - margin)
-        end = min(len(audio), last * 2 + margin)
-        speech = audio[begin:end].astype(np.float32) / np.float32(32768.0)
+            if len(self._audio8) > 1:
+                self._audio8 = [np.concatenate(self._audio8)]
+            audio8 = self._audio8[0] if self._audio8 else np.zeros(0, np.int16)
+        # Margins around the kept span: soft word edges sit under any gate.
+        begin = max(0, first - int(_TRIM_MARGIN_S * TELEPHONE_RATE))
+        end = last + int(self._engine.end_margin_s * TELEPHONE_RATE)
+        speech = _window(audio8, begin, end)
         started = time.perf_counter()
-        decoded = self._decode_chunks(speech, begin)
+        decoded = self._decode_chunks(speech, 2 * begin, final)
         elapsed = time.perf_counter() - started
         confidence = None
         if decoded:
             mean_logprob = sum(d.avg_logprob for d in decoded) / len(decoded)
             confidence = float(min(1.0, max(0.0, math.exp(mean_logprob))))
         text = " ".join(d.text for d in decoded if d.text)
-        hypothesis = _Hypothesis(upto, Transcript(text, final=False, confidence=confidence))
+        hypothesis = _Hypothesis(
+            upto, Transcript(text, final=False, confidence=confidence), final=final
+        )
         with self._lock:
             self.decodes += 1
             self.decode_seconds += elapsed
@@ -357,23 +389,41 @@ class WhisperStream:
             self._best = hypothesis
         return hypothesis
 
-    def _decode_chunks(self, speech: np.ndarray, offset: int) -> list[_Decoded]:
+    def _decode_chunks(self, speech: np.ndarray, offset: int, final: bool) -> list[_Decoded]:
         """Decode in chunk_s windows; completed chunks are decoded once and remembered."""
-        size = self._engine._chunk_samples
+        engine = self._engine
+        size = engine._chunk_samples
+        beam = engine.final_beam_size if final else engine.beam_size
         results = []
         for start in range(0, max(1, len(speech)), size):
             piece = speech[start : start + size]
             complete = len(piece) == size and start + size < len(speech)
-            key = offset + start
+            key = (offset + start, final)
             cached = self._chunk_texts.get(key) if complete else None
             if cached is None:
                 if len(piece) < WHISPER_RATE // 10:
                     continue  # < 100 ms: nothing Whisper can read
-                cached = self._engine.decode(piece)
+                cached = engine.decode(piece, beam_size=beam)
                 if complete:
                     self._chunk_texts[key] = cached
             results.append(cached)
         return results
+
+
+def _window(audio8: np.ndarray, begin: int, end: int) -> np.ndarray:
+    """audio8[begin:end] at 16 kHz float32, zero-filled past what has arrived.
+
+    Whisper's text changes with tiny differences in the window (a 40 ms longer tail, or a
+    stream resampler's held-back samples, can drop the first words), so the window is a
+    function of the 8 kHz samples alone: a final prepared at the first silence and a
+    one-shot decode of the whole clip see the same input.
+    """
+    segment = np.zeros(max(0, end - begin), dtype=np.int16)
+    heard = audio8[begin:end]
+    segment[: len(heard)] = heard
+    resampler = StreamResampler(TELEPHONE_RATE, WHISPER_RATE)
+    out = np.concatenate((resampler.process(segment), resampler.flush()))
+    return out.astype(np.float32) / np.float32(32768.0)
 
 
 def _as_int16(pcm: np.ndarray) -> np.ndarray:
