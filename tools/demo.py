@@ -63,6 +63,8 @@ app:
     "9": "4000"
 log:
   level: info
+records:
+  database: calls.db
 """
     )
 

@@ -82,10 +82,12 @@ def default_pid_file(config: Config, environ: Mapping[str, str]) -> Path | None:
 
 
 def _daemon_parts() -> tuple[Callable[[Config], UaSettings], Callable[[Config], Any]]:
-    # agentd.daemon owns the choice of call handler (line test or the AI call loop).
-    from agentd.daemon import call_handler, ua_settings
+    # agentd.handlers owns the choice of call handler (line test or the AI call loop) and
+    # the resources handlers share across reloads (models, records, metrics).
+    from agentd.daemon import ua_settings
+    from agentd.handlers import CallHandlers
 
-    return ua_settings, call_handler
+    return ua_settings, CallHandlers().build
 
 
 class Service:
@@ -174,6 +176,9 @@ class Service:
             on_registration=self._on_registration,
         )
         self.ua = ua
+        attach = getattr(getattr(self._build_handler, "__self__", None), "attach", None)
+        if attach is not None:  # the handler factory exports the UA's metrics
+            attach(ua)
         try:
             await ua.start()
         except OSError as exc:
@@ -241,7 +246,8 @@ class Service:
         loop = asyncio.get_running_loop()
         try:
             new = await loop.run_in_executor(None, load_config, self.config_path)
-            handler = self._build_handler(new)
+            # Building may load models: off the event loop, so live calls keep their audio.
+            handler = await loop.run_in_executor(None, self._build_handler, new)
             settings = self._build_settings(new)
         except ConfigError as exc:
             return self._refuse(f"{len(exc.errors)} problem(s)", [str(e) for e in exc.errors])

@@ -117,7 +117,9 @@ class UserAgent:
     ) -> None:
         self.settings = settings
         self._on_call = on_call
-        self._on_registration = on_registration
+        self._registration_listeners: list[Callable[[RegistrationState], None]] = []
+        if on_registration is not None:
+            self._registration_listeners.append(on_registration)
         self.layer = TransactionLayer(transaction_config or TransactionConfig())
         self.transport = SipTransport(
             settings.local_host,
@@ -212,6 +214,10 @@ class UserAgent:
         self.registration = None
         if settings.register:
             self._begin_registration()
+
+    def add_registration_listener(self, listener: Callable[[RegistrationState], None]) -> None:
+        """Call `listener` with the new state after every registration exchange."""
+        self._registration_listeners.append(listener)
 
     async def wait_registered(self, timeout: float) -> bool:
         """True once registered; False when `timeout` passes first."""
@@ -553,8 +559,11 @@ class UserAgent:
             level = logging.WARNING if state.status is RegistrationStatus.FAILING else logging.INFO
             log.log(level, "registration %s%s", state.status.value,
                     f": {state.reason}" if state.reason else "")
-        if self._on_registration is not None:
-            self._on_registration(state)
+        for listener in list(self._registration_listeners):
+            try:
+                listener(state)
+            except Exception:
+                log.exception("registration listener failed")
 
 
 def _reason_for(status: int) -> str:

@@ -70,6 +70,8 @@ def render_config(*, registrar_port: int, sip_port: int, rtp_port_min: int,
         },
         "app": {"mode": "echo", "echo_delay_ms": 100, **dict(app or {})},
         "log": {"level": log_level, "format": "text"},
+        # Call records beside the config (relative paths are), not in /var/lib/agentd.
+        "records": {"database": "calls.db"},
     }
 
 
