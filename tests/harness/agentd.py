@@ -44,14 +44,16 @@ def render_config(*, registrar_port: int, sip_port: int, rtp_port_min: int,
                   register_expires: int = 60, max_calls: int = 4, log_level: str = "debug",
                   app: Mapping[str, Any] | None = None,
                   sip: Mapping[str, Any] | None = None,
-                  media: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  media: Mapping[str, Any] | None = None,
+                  sections: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The config document (a dict, dumped as YAML) for agentd on 127.0.0.1:`sip_port`.
 
-    `app`, `sip` and `media` entries override or add to the generated sections.
+    `app`, `sip` and `media` entries override or add to the generated sections; `sections`
+    adds or replaces whole top-level sections (`dialog`, `speech`, `records` ...).
     """
     if rtp_port_min % 2 or rtp_port_count % 2 or rtp_port_count < 2:
         raise ValueError("RTP range must start on an even port and hold whole pairs")
-    return {
+    document: dict[str, Any] = {
         "sip": {
             "registrar": f"127.0.0.1:{registrar_port}",
             "transport": transport,
@@ -73,6 +75,8 @@ def render_config(*, registrar_port: int, sip_port: int, rtp_port_min: int,
         # Call records beside the config (relative paths are), not in /var/lib/agentd.
         "records": {"database": "calls.db"},
     }
+    document.update(dict(sections or {}))
+    return document
 
 
 def cpu_seconds(pid: int) -> float:
@@ -116,6 +120,7 @@ class Agentd:
                  transport: str = "udp", register_expires: int = 60, max_calls: int = 4,
                  log_level: str = "debug", app: Mapping[str, Any] | None = None,
                  sip: Mapping[str, Any] | None = None, media: Mapping[str, Any] | None = None,
+                 sections: Mapping[str, Any] | None = None,
                  python: str = sys.executable) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +133,7 @@ class Agentd:
             registrar_port=registrar_port, sip_port=sip_port, rtp_port_min=rtp_port_min,
             rtp_port_count=rtp_port_count, extension=extension, password=password,
             transport=transport, register_expires=register_expires, max_calls=max_calls,
-            log_level=log_level, app=app, sip=sip, media=media)
+            log_level=log_level, app=app, sip=sip, media=media, sections=sections)
         self.config_path = self.workdir / "agentd.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.log_path = self.workdir / "agentd.log"

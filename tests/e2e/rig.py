@@ -1,0 +1,208 @@
+"""A live rig on loopback: Kamailio, agentd answering with a worked example, caller voices.
+
+Shared by tests/e2e, tools/bench_latency.py and tools/demo.py:
+
+    rig = AgentRig(workdir, example="dental").start()   # blocks until the agent is ready
+    caller = ScriptedCaller(rig.pbx_address)
+    ...
+    rig.stop()
+
+Caller utterances are spoken by espeak-ng (never the agent's voice), resampled to 8 kHz.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import sqlite3
+import subprocess
+import wave
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from tests.harness.agentd import Agentd
+from tests.harness.kamailio import Kamailio
+from tests.harness.ports import PortAllocator
+from tests.harness.process import HarnessError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODELS_DIR = REPO_ROOT / "models"
+DEFAULT_MODEL = "qwen2.5-coder-1.5b-instruct-q4_k_m"
+FAST_MODEL = "qwen2.5-coder-0.5b-instruct"
+CALLER_VOICE = "en-gb+m3"   # espeak-ng; the agent speaks with hibari/piper
+
+
+def missing_requirements(model: str = DEFAULT_MODEL) -> list[str]:
+    """What this machine lacks for a live call (binaries, models); empty when ready."""
+    missing = [name for name in ("kamailio", "kamcmd", "espeak-ng") if shutil.which(name) is None]
+    for name in ("silero-vad", "whisper-tiny-en", model):
+        if not (MODELS_DIR / name).is_dir():
+            missing.append(f"model {name} (python -m agentd models fetch {name})")
+    return missing
+
+
+@lru_cache(maxsize=256)
+def _espeak(text: str, voice: str, rate_wpm: int) -> bytes:
+    wav = subprocess.run(["espeak-ng", "--stdout", "-v", voice, "-s", str(rate_wpm), text],
+                         capture_output=True, check=True, timeout=30).stdout
+    with wave.open(io.BytesIO(wav)) as reader:
+        rate = reader.getframerate()
+        pcm = np.frombuffer(reader.readframes(reader.getnframes()), np.int16)
+    import soxr
+
+    return np.asarray(soxr.resample(pcm.astype(np.float32), rate, 8000)).clip(
+        -32768, 32767).astype(np.int16).tobytes()
+
+
+def caller_speech(text: str, *, voice: str = CALLER_VOICE, rate_wpm: int = 165,
+                  level_dbfs: float = -18.0, tail_s: float = 0.0) -> np.ndarray:
+    """`text` in a caller's voice (espeak-ng), int16 at 8 kHz, scaled to a phone-like level,
+    followed by `tail_s` of digital silence."""
+    pcm = np.frombuffer(_espeak(text, voice, rate_wpm), np.int16).astype(np.float64)
+    active = pcm[np.abs(pcm) > 300]
+    rms = float(np.sqrt(np.mean(active ** 2))) if active.size else 1.0
+    scaled = pcm * (32768 * 10 ** (level_dbfs / 20) / rms)
+    out = scaled.clip(-32768, 32767).astype(np.int16)
+    return np.concatenate([out, np.zeros(int(tail_s * 8000), np.int16)])
+
+
+@dataclass(frozen=True)
+class CallRow:
+    """What the records store holds about one call (read straight from SQLite)."""
+
+    ref: str
+    outcome: str | None
+    end_reason: str | None
+    transfer_target: str | None
+    handoff: dict[str, Any] | None
+    turns: list[dict[str, Any]]
+    tool_calls: list[dict[str, Any]]
+
+
+class AgentRig:
+    """Kamailio on a free loopback port plus agentd (extension 2001) running `example`."""
+
+    def __init__(self, workdir: Path, *, example: str = "dental", model: str = DEFAULT_MODEL,
+                 max_calls: int = 4, pbx_port: int | None = None, sip_port: int | None = None,
+                 llm_threads: int = 2, ready_timeout: float = 240.0,
+                 always_open: bool = True) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.example = example
+        self.model = model
+        self.max_calls = max_calls
+        self.llm_threads = llm_threads
+        self.ready_timeout = ready_timeout
+        self.always_open = always_open
+        self._ports = PortAllocator()
+        self.pbx_port = pbx_port or self._ports.port()
+        self.sip_port = sip_port or self._ports.port()
+        self.kamailio: Kamailio | None = None
+        self.agentd: Agentd | None = None
+        self.example_dir = self.workdir / example
+
+    @property
+    def pbx_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.pbx_port)
+
+    @property
+    def records_db(self) -> Path:
+        return self.workdir / "agentd" / "calls.db"
+
+    def dialog_section(self) -> dict[str, Any]:
+        from examples import prepare
+
+        policy = prepare(self.example, self.workdir)
+        if self.always_open:
+            # Tests and benches run at any hour: a closed practice would end every call.
+            document = yaml.safe_load(policy.read_text())
+            if "hours" in document:
+                days = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+                        "sunday")
+                document["hours"] = {day: "00:00-23:59" for day in days}
+                policy.write_text(yaml.safe_dump(document, sort_keys=False))
+        config = yaml.safe_load((self.example_dir / "config.yaml").read_text())
+        dialog = dict(config["dialog"])
+        dialog["policy_file"] = str(policy)
+        llm = dict(dialog.get("llm", {}))
+        llm.update(model=self.model, threads=self.llm_threads, temperature=0.0, seed=42)
+        dialog["llm"] = llm
+        return dialog
+
+    def start(self) -> AgentRig:
+        """Start Kamailio and agentd; return once agentd registered and logged 'agent ready'."""
+        self.kamailio = Kamailio(self.workdir / "kamailio", self.pbx_port).start()
+        try:
+            self.agentd = Agentd(
+                self.workdir / "agentd", registrar_port=self.pbx_port, sip_port=self.sip_port,
+                rtp_port_min=self._ports.port_range(40), rtp_port_count=40,
+                max_calls=self.max_calls, log_level="info",
+                sections={"dialog": self.dialog_section(), "metrics": {"port": 0}})
+            self.agentd.start(self.kamailio, timeout=60.0)
+            if not self.agentd.wait_log(r"agent ready", self.ready_timeout):
+                raise HarnessError("agentd did not load its models in time:\n"
+                                   + self.agentd.log_text()[-3000:])
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.agentd is not None:
+            self.agentd.stop()
+        if self.kamailio is not None:
+            self.kamailio.close()
+
+    def __enter__(self) -> AgentRig:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- what the records say -------------------------------------------------------
+
+    def call_ref(self, call_id: str) -> str | None:
+        """agentd's short call reference for SIP Call-ID `call_id`, from its log line
+        "call <ref> answered: <call-id> ..." (the records store leaves call_id empty)."""
+        assert self.agentd is not None
+        match = re.search(r"call (\w+) answered: " + re.escape(call_id), self.agentd.log_text())
+        return match.group(1) if match else None
+
+    def wait_turn_logged(self, ref: str, index: int, timeout: float) -> bool:
+        """Wait (bounded) until agentd logged turn `index` of call `ref` (the reply is done)."""
+        assert self.agentd is not None
+        return self.agentd.wait_log(rf"call {re.escape(ref)} turn {index} ", timeout)
+
+    def wait_call_finished(self, ref: str, timeout: float) -> bool:
+        assert self.agentd is not None
+        return self.agentd.wait_log(rf"call {re.escape(ref)} finished", timeout)
+
+    def call_row(self, call_id: str) -> CallRow | None:
+        """The call with SIP Call-ID `call_id` from the records store (None if absent)."""
+        from agentd.records.store import CallStore
+
+        ref = self.call_ref(call_id)
+        if ref is None or not self.records_db.exists():
+            return None
+        with CallStore(self.records_db, create=False) as store:
+            record = store.get(ref)
+        if record is None:
+            return None
+        return CallRow(
+            ref=record.ref, outcome=record.outcome, end_reason=record.end_reason,
+            transfer_target=record.transfer_target, handoff=record.handoff,
+            turns=[{"index": t.index, "speaker": t.speaker, "text": t.text,
+                    "interrupted": t.interrupted, **t.latency.as_dict()} for t in record.turns],
+            tool_calls=[{"name": c.name, "arguments": c.arguments, "ok": c.ok}
+                        for c in record.tool_calls])
+
+    def sql(self, database: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows from one of the example's SQLite files (e.g. 'dental.sqlite')."""
+        with sqlite3.connect(self.example_dir / "data" / database) as conn:
+            return conn.execute(query, params).fetchall()
