@@ -16,8 +16,10 @@ from agentd.media.resample import StreamResampler
 from agentd.speech.asr_whisper import WhisperAsr, trim_repetition
 from agentd.speech.interfaces import AsrEngine, SpeechError, Transcript
 from agentd.speech.metrics import normalize_words, wer
+from agentd.speech.testset import transcript_wer
 from tests.speech.conftest import (
     add_noise,
+    speech_edges,
     find_model,
     frames_of,
     speak_espeak,
@@ -286,3 +288,80 @@ def test_two_streams_in_parallel_threads_share_the_model(engine: WhisperAsr) -> 
         thread.join(timeout=120)
     assert not errors, errors
     assert {t: r.text for t, r in results.items()} == alone
+
+
+# ---- finals as accurate as one-shot ---------------------------------------------------
+
+
+def _level(pcm: np.ndarray, peak: float) -> np.ndarray:
+    scaled = pcm.astype(np.float32) * (peak / float(np.abs(pcm).max()))
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
+
+
+def test_final_prepared_at_first_silence_equals_one_shot(engine: WhisperAsr) -> None:
+    """The final prepared while the caller's tail is still arriving decodes the same window
+    as a one-shot decode of the whole clip (tiny.en used to drop "Our budget is around"
+    when the stream's window ended 40 ms differently)."""
+    texts = [
+        "Our budget is around five thousand dollars a month.",
+        "Is half past two okay?",
+        SENTENCES[0],
+        SENTENCES[4],
+    ]
+    for text in texts:
+        clip = through_g711(with_silence(speak_flite(text), 0.3, 0.7))
+        one_shot = engine.transcribe(clip).text
+        end = speech_edges(clip)[1]
+        cut = int((end + 0.2) * 8000) // 160 * 160  # the VAD's first silence
+        stream = engine.open_stream()
+        feed(stream, clip[:cut])
+        stream.prepare_final()
+        decodes = stream.decodes
+        feed(stream, clip[cut:])
+        final = stream.finish()
+        assert final.text == one_shot, (text, final.text, one_shot)
+        assert stream.decodes == decodes
+        assert transcript_wer(text, final.text) <= 0.2, final.text
+
+
+def test_soft_first_words_are_kept(engine: WhisperAsr) -> None:
+    """A soft opening phrase ~26 dB under the loud rest is decoded, in a stream too."""
+    soft = _level(speak_flite("Hello, this is Anna.", "slt"), 1500)
+    loud = _level(speak_flite("I would like to book an appointment for Tuesday."), 30000)
+    pcm = through_g711(with_silence(np.concatenate((soft, np.zeros(4000, np.int16), loud)),
+                                    0.3, 0.6))
+    stream = engine.open_stream()
+    feed(stream, pcm[: len(pcm) - 3200])
+    stream.prepare_final()
+    feed(stream, pcm[len(pcm) - 3200 :])
+    final = stream.finish().text
+    assert "hello" in final.lower() and "appointment" in final.lower(), final
+    assert engine.transcribe(pcm).text == final
+
+
+def test_partials_are_greedy_and_finals_use_the_final_beam(
+    engine: WhisperAsr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    beams: list[int | None] = []
+    decode = engine.decode
+
+    def spy(audio: np.ndarray, beam_size: int | None = None):
+        beams.append(beam_size)
+        return decode(audio, beam_size)
+
+    monkeypatch.setattr(engine, "decode", spy)
+    stream = engine.open_stream()
+    feed(stream, phone_clip(speak_flite(SENTENCES[0])))
+    partial_beams = list(beams)
+    stream.finish()  # a greedy partial covering everything is not reused as the final
+    assert partial_beams and set(partial_beams) == {engine.beam_size}
+    assert beams[len(partial_beams) :] == [engine.final_beam_size]
+
+
+def test_prompt_biases_without_being_transcribed() -> None:
+    prompted = WhisperAsr(whisper_model_dir(), prompt="Bright Smile Dental, appointments.")
+    final = prompted.transcribe(phone_clip(speak_flite(SENTENCES[2]))).text
+    assert wer(SENTENCES[2], final) <= 0.15, final
+    assert "smile" not in final.lower()
+    with pytest.raises(ValueError):
+        WhisperAsr(whisper_model_dir(), final_beam_size=0)
