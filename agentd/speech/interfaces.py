@@ -96,7 +96,12 @@ class Transcript:
 
 
 class AsrStream(Protocol):
-    """One utterance. Feed 8 kHz int16 audio as it arrives; read partials; finish once."""
+    """One utterance. Feed 8 kHz int16 audio as it arrives; read partials; finish once.
+
+    A stream may also implement `PreparesFinal.prepare_final()` (optional; check with
+    `isinstance(stream, PreparesFinal)`): the call loop calls it at the first silence the
+    VAD hears, so the final is decoded during the end-of-turn wait.
+    """
 
     def accept(self, pcm: np.ndarray) -> Transcript | None:
         """Add audio; returns a new partial hypothesis when the engine has one, else None."""
@@ -106,6 +111,19 @@ class AsrStream(Protocol):
 
     def cancel(self) -> None:
         """Drop the utterance (barge-in, hang-up); later calls are no-ops."""
+
+
+@runtime_checkable
+class PreparesFinal(Protocol):
+    """Optional part of an AsrStream."""
+
+    def prepare_final(self) -> Transcript | None:
+        """Decode everything fed so far now (the caller has probably stopped talking).
+
+        `finish()` returns this result without decoding again when only silence follows;
+        speech after it is decoded by `finish()` as usual. Returns the candidate text
+        (final=False), or None after cancel. May block for a decode (tens to hundreds of ms).
+        """
 
 
 class AsrEngine(Protocol):
