@@ -1,17 +1,24 @@
-"""agentd demo: a PBX on loopback, agentd as extension 2001, and scripted calls to it.
+"""agentd demo: a PBX on loopback, the AI receptionist as extension 2001, one scripted call.
 
 Run through `tools/demo` (it installs what is needed first). Everything stays on 127.0.0.1:
-  1. Kamailio starts as the PBX (digest auth; extension N has password pwN).
-  2. agentd starts as extension 2001 with the echo line-test app (DTMF 9 transfers to 4000).
-  3. A baresip phone (2000) calls 2001 and sends a 440 Hz tone; we measure what comes back.
-  4. The phone presses 9; agentd blind-transfers it with REFER to 4000, another baresip
-     phone, which answers and hears the caller.
-Later issues grow this into a full conversation with the AI agent.
+  1. Kamailio starts as the PBX (digest auth; extension N has password pwN), on port 5060
+     when it is free.
+  2. agentd starts as extension 2001 answering with the dental example (Bright Smile Dental,
+     Qwen2.5-Coder 1.5B at temperature 0), its calendar a fresh copy under the work dir.
+  3. A baresip phone registers as 3001, the practice's billing desk.
+  4. A scripted caller (James O'Connor, +447700900102, an espeak-ng voice) calls 2001:
+     asks where the practice is and talks over the answer (barge-in), moves his appointment
+     to Tuesday, then asks about insurance and is put through to billing (REFER).
+     Each turn prints with its latency measured from the RTP packets.
+  5. The call record (`agentd calls show`) is printed.
+With --keep the PBX and agentd stay up: register a softphone to the demo PBX as 3000
+(password pw3000) and dial 2001 to talk to the agent yourself.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -22,163 +29,157 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.harness.audio import analyse_wav  # noqa: E402
+from tests.e2e.rig import DEFAULT_MODEL, AgentRig, caller_speech, missing_requirements  # noqa: E402
 from tests.harness.baresip import Baresip  # noqa: E402
-from tests.harness.kamailio import Kamailio  # noqa: E402
+from tests.harness.caller import ScriptedCaller  # noqa: E402
 from tests.harness.ports import PortAllocator, is_free  # noqa: E402
 
-AGENT_EXTENSION = "2001"
+CALLER = "+447700900102"
+SCRIPT: list[tuple[str, str]] = [  # (what the caller does, what the caller says)
+    ("barge", "Where are you, and is there parking nearby?"),
+    ("say", "Sorry to interrupt. I need to move my appointment on Thursday."),
+    ("say", "James O'Connor, date of birth third of May nineteen eighty five."),
+    ("say", "Could I come on Tuesday next week instead? Any time is fine."),
+    ("say", "The first one please."),
+    ("say", "Yes, that's right."),
+    ("transfer", "One more thing. Do you accept my insurance for a crown?"),
+]
 
 
-def say(text: str) -> None:
+def note(text: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def wait_for(predicate, timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
+class Transcript:
+    """Prints agent lines from the records store as they land, once each."""
+
+    def __init__(self, rig: AgentRig, call_id: str) -> None:
+        self.rig = rig
+        self.call_id = call_id
+        self.printed: set[int] = set()
+
+    def flush(self) -> None:
+        row = self.rig.call_row(self.call_id)
+        for turn in row.turns if row else []:
+            if turn["speaker"] != "agent" or turn["index"] in self.printed:
+                continue
+            self.printed.add(turn["index"])
+            cut = " [interrupted]" if turn["interrupted"] else ""
+            print(f"   agent : {turn['text']}{cut}", flush=True)
 
 
-def write_config(path: Path, pbx_port: int, sip_port: int, rtp_base: int) -> None:
-    path.write_text(
-        f"""# agentd demo config (see config.example.yaml for every key)
-sip:
-  registrar: 127.0.0.1:{pbx_port}
-  extension: "{AGENT_EXTENSION}"
-  password: "pw{AGENT_EXTENSION}"
-  local_port: {sip_port}
-  register_expires: 60
-  display_name: "agentd demo"
-media:
-  rtp_port_min: {rtp_base}
-  rtp_port_max: {rtp_base + 40}
-app:
-  mode: echo
-  echo_delay_ms: 200
-  dtmf_transfer:
-    "9": "4000"
-log:
-  level: info
-records:
-  database: calls.db
-"""
-    )
+async def scripted_call(rig: AgentRig, deadline: float) -> str | None:
+    caller = ScriptedCaller(rig.pbx_address, from_user=CALLER)
+    ref: str | None = None
+    try:
+        started = time.monotonic()
+        await caller.dial()
+        ref = rig.call_ref(caller.call_id or "")
+        transcript = Transcript(rig, caller.call_id or "")
+        note(f"call {ref} answered; the agent greets the caller")
+        await caller.wait_quiet(started, quiet_s=1.0, timeout=30)
+        await asyncio.to_thread(rig.wait_turn_logged, ref or "", 0, 5)
+        transcript.flush()
+        turn = 0
+        for action, text in SCRIPT:
+            if caller.ended.is_set() or time.monotonic() > deadline:
+                break
+            turn += 1
+            print(f"   caller: {text}", flush=True)
+            said = await caller.say(caller_speech(text, tail_s=0.1))
+            if action == "transfer":
+                refer_to = await caller.wait_refer(timeout=40)
+                transcript.flush()
+                if refer_to is None:
+                    note("no transfer happened")
+                    break
+                note(f"agentd sent REFER to {refer_to}; the caller follows it")
+                staff = await caller.follow_refer(timeout=15)
+                note("billing desk (baresip 3001) answered; agentd leaves the call")
+                await asyncio.wait_for(caller.ended.wait(), 10)
+                await asyncio.sleep(2.0)
+                await staff.hangup()
+                break
+            first = await caller.wait_voice(said.last_voiced, timeout=30)
+            if first is None:
+                note("no reply")
+                continue
+            first_ms = (first.time - said.last_voiced) * 1000
+            if action == "barge":
+                await asyncio.sleep(1.2)
+                note(f"first agent audio {first_ms:.0f} ms after the caller stopped; "
+                     "the caller now talks over the reply")
+                continue  # the next line is spoken over the reply
+            await asyncio.to_thread(rig.wait_turn_logged, ref or "", turn, 60)
+            await caller.wait_quiet(said.last_voiced, quiet_s=0.8, timeout=40)
+            transcript.flush()
+            row = rig.call_row(caller.call_id or "")
+            content = next((t.get("first_content_ms") for t in (row.turns if row else [])
+                            if t["index"] == 2 * turn + 1), None)
+            extra = f", first content {content:.0f} ms (agentd's record)" if content else ""
+            note(f"turn {turn}: first agent audio on the wire {first_ms:.0f} ms{extra}")
+        if not caller.ended.is_set():
+            await caller.hangup()
+        if ref:
+            await asyncio.to_thread(rig.wait_call_finished, ref, 15)
+        transcript.flush()
+    finally:
+        await caller.close()
+        if caller.transferee is not None:
+            await caller.transferee.close()
+    return ref
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="agentd demo (see tools/demo.py)")
     parser.add_argument("--keep", action="store_true",
-                        help="leave the PBX and agentd running for a real softphone "
-                             "until Ctrl-C")
+                        help="leave the PBX and agentd running for a real softphone")
+    parser.add_argument("--no-call", action="store_true", help="skip the scripted call")
+    parser.add_argument("--max-minutes", type=float, default=4.0)
     args = parser.parse_args()
-
+    missing = missing_requirements(DEFAULT_MODEL)
+    if shutil.which("baresip") is None:
+        missing.append("baresip")
+    if missing:
+        note("missing: " + "; ".join(missing) + " (tools/setup.sh installs them)")
+        return 2
+    deadline = time.monotonic() + args.max_minutes * 60
+    workdir = Path(tempfile.mkdtemp(prefix="agentd-demo-"))
     ports = PortAllocator()
-    work = Path(tempfile.mkdtemp(prefix="agentd-demo-"))
     pbx_port = 5060 if is_free(5060) else ports.port()
-    pbx = Kamailio(work / "kamailio", pbx_port)
-    processes: list[subprocess.Popen[bytes]] = []
-    phones: list[Baresip] = []
-    ok = True
+    note(f"work dir {workdir}; starting Kamailio on 127.0.0.1:{pbx_port} and agentd "
+         "(dental example, loading models)")
+    rig = AgentRig(workdir, pbx_port=pbx_port).start()
+    phone = None
     try:
-        pbx.start()
-        say(f"Kamailio PBX listening on 127.0.0.1:{pbx_port} (udp+tcp)")
-
-        config = work / "agentd.yaml"
-        write_config(config, pbx_port, ports.port(), ports.port_range(40))
-        log_path = work / "agentd.log"
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "agentd", "run", "-c", str(config)],
-            stdout=log_path.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-        processes.append(agent)
-        if not wait_for(lambda: pbx.registered(AGENT_EXTENSION), 10):
-            say("agentd did not register; its log:\n" + log_path.read_text())
-            return 1
-        say(f"agentd registered as {AGENT_EXTENSION}: {pbx.registered(AGENT_EXTENSION)[0]}")
-
-        def phone(extension: str, tone: float) -> Baresip:
-            made = Baresip(work / f"phone{extension}", extension, registrar_port=pbx_port,
-                           sip_port=ports.port(), ctrl_port=ports.port(udp=False),
-                           rtp_base=ports.port_range(20), tone_hz=tone)
-            phones.append(made)
-            return made.start()
-
-        caller = phone("2000", 440.0)
-        desk = phone("4000", 660.0)
-        say("phones 2000 (caller, sends 440 Hz) and 4000 (front desk, 660 Hz) registered")
-
-        say("call 1: 2000 dials 2001 (echo test, 3 s)")
-        caller.dial(AGENT_EXTENSION)
-        caller.wait_event("CALL_ESTABLISHED", 10)
-        time.sleep(3)
-        caller.hangup()
-        caller.wait_event("CALL_CLOSED", 10)
-        time.sleep(0.3)
-        heard = analyse_wav(max(caller.received_wavs(), key=lambda p: p.stat().st_mtime))
-        echoed = abs(heard.dominant_hz - 440) < 5 and heard.active_fraction > 0.5
-        ok &= echoed
-        say(f"  caller heard {heard.dominant_hz:.0f} Hz at {heard.active_rms_dbfs:.1f} dBFS "
-            f"for {heard.active_fraction:.0%} of the call -> echo {'OK' if echoed else 'FAILED'}")
-
-        time.sleep(1.1)  # baresip names recordings by the second
-        say("call 2: 2000 dials 2001 and presses 9 -> agentd transfers to 4000")
-        caller.dial(AGENT_EXTENSION)
-        caller.wait_event("CALL_ESTABLISHED", 10)
-        time.sleep(1)
-        caller.command("sndcode 9")  # RFC 4733 telephone-event
-        try:
-            desk.wait_event("CALL_ESTABLISHED", 15)
-        except Exception:
-            say("agentd's log:\n" + log_path.read_text())
-            say("caller's log:\n" + caller.log_text()[-3000:])
-            say("pbx log:\n" + pbx.log_text()[-3000:])
-            raise
-        say("  4000 answered the transferred call")
-        time.sleep(3)
-        caller.hangup()
-        desk.wait_event("CALL_CLOSED", 10)
-        time.sleep(0.3)
-        desk_heard = analyse_wav(max(desk.received_wavs(), key=lambda p: p.stat().st_mtime))
-        transferred = abs(desk_heard.dominant_hz - 440) < 5
-        ok &= transferred
-        say(f"  front desk heard {desk_heard.dominant_hz:.0f} Hz (the caller's tone) -> "
-            f"transfer {'OK' if transferred else 'FAILED'}")
-
-        say("agentd's log:")
-        for line in log_path.read_text().splitlines():
-            print("    " + line)
-
-        print(
-            f"\nTo call agentd from a real softphone, run `tools/demo --keep`, register the\n"
-            f"softphone at 127.0.0.1:{pbx_port} as extension 3000 (user 3000, password pw3000,\n"
-            f"domain 127.0.0.1) and dial {AGENT_EXTENSION}; press 9 to be transferred to 4000."
-        )
+        phone = Baresip(workdir / "phone3001", "3001", registrar_port=pbx_port,
+                        sip_port=ports.port(), ctrl_port=ports.port(udp=False),
+                        rtp_base=ports.port_range(20)).start()
+        note("agentd registered as 2001; baresip registered as 3001 (billing desk)")
+        ref = None
+        if not args.no_call:
+            ref = asyncio.run(scripted_call(rig, deadline))
+        if ref:
+            assert rig.agentd is not None
+            note(f"call record (agentd calls show {ref}):")
+            subprocess.run([sys.executable, "-m", "agentd", "calls", "show", ref, "-c",
+                            str(rig.agentd.config_path)], cwd=ROOT, timeout=30, check=False)
         if args.keep:
-            for made in phones:
-                made.stop()
-            say("PBX and agentd keep running; Ctrl-C to stop")
+            note(f"PBX and agent stay up. Register a softphone to 127.0.0.1:{pbx_port} as "
+                 "extension 3000 (user 3000, password pw3000) and dial 2001. Ctrl-C stops.")
             try:
-                while agent.poll() is None:
+                while rig.agentd is not None and rig.agentd.running():
                     time.sleep(1)
             except KeyboardInterrupt:
                 pass
-        say("demo " + ("passed" if ok else "FAILED"))
-        return 0 if ok else 1
+        else:
+            note("to talk to the agent from a real softphone: tools/demo --keep, then register "
+                 f"as 3000 / pw3000 at 127.0.0.1:{pbx_port} and dial 2001")
     finally:
-        for made in phones:
-            made.stop()
-        for process in processes:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        pbx.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if phone is not None:
+            phone.stop()
+        rig.stop()
+    return 0
 
 
 if __name__ == "__main__":
