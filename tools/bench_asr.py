@@ -9,6 +9,9 @@ Whisper is also compared with stock faster-whisper transcribe() (30 s window).
 Medians over the clips (p50), worst in brackets. The CPU is shared: repeat and compare.
 
     .venv/bin/python tools/bench_asr.py --whisper DIR [--vosk DIR] [--threads 1] [--repeat 1]
+        [--final-beam 5] [--prompt TEXT]
+
+The speech test set's WER and final latency (as a call runs it) are in tools/bench_speech.py.
 """
 
 from __future__ import annotations
@@ -201,6 +204,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--voices", default=",".join(VOICES))
     parser.add_argument("--no-stock", action="store_true", help="skip stock faster-whisper")
+    parser.add_argument("--final-beam", type=int, default=5, help="Whisper beam for finals")
+    parser.add_argument("--prompt", help="Whisper prompt (previous text) with domain words")
     args = parser.parse_args()
 
     if args.whisper:
@@ -213,9 +218,12 @@ def main() -> None:
                 pcm = speak(program, voice, text)
                 clips += [(text, phone(pcm, None), None), (text, phone(pcm, 20), 20.0)]
         start = time.perf_counter()
-        engine = WhisperAsr(args.whisper, threads=args.threads)
+        engine = WhisperAsr(
+            args.whisper, threads=args.threads, final_beam_size=args.final_beam, prompt=args.prompt
+        )
         print(
-            f"whisper tiny.en int8, {args.threads} thread(s): load "
+            f"whisper tiny.en int8, {args.threads} thread(s), final beam {args.final_beam}"
+            f"{', prompt' if args.prompt else ''}: load "
             f"{1000 * (time.perf_counter() - start):.0f} ms; {len(clips)} clips "
             f"({args.voices}; clean and 20 dB SNR), repeat {args.repeat}"
         )
