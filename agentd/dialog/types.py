@@ -9,10 +9,11 @@ of `DialogEvent`s so speech can start on the first clause while the model is sti
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+from agentd.cancel import CancelToken
 
 JsonDict = dict[str, Any]
 
@@ -48,18 +49,8 @@ class ChatMessage:
     content: str
 
 
-@dataclass
-class Cancel:
-    """Set from any thread to stop generation at the next token (barge-in, hang-up)."""
-
-    _event: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
+# Set from any thread to stop generation at the next token (barge-in, hang-up).
+Cancel = CancelToken
 
 
 @dataclass(frozen=True)

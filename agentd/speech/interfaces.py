@@ -12,12 +12,13 @@ Design rules (all engines follow them):
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from agentd.cancel import CancelToken
 
 TELEPHONE_RATE = 8000
 FRAME_SAMPLES = 160  # 20 ms at 8 kHz
@@ -134,20 +135,6 @@ class AsrEngine(Protocol):
 
 
 # ---- TTS ------------------------------------------------------------------------------
-
-
-@dataclass
-class CancelToken:
-    """Set from any thread to stop a synthesis at the next chunk boundary (barge-in)."""
-
-    _event: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
 
 
 class TtsEngine(Protocol):
