@@ -74,7 +74,8 @@ class CallSummary:
 class CallObserver(Protocol):
     """Implemented by the records/metrics layer; every method is called on the event loop."""
 
-    def call_started(self, call_ref: str, caller: str, at: float) -> None: ...
+    def call_started(self, call_ref: str, caller: str, at: float, *, call_id: str = "") -> None:
+        ...
 
     def turn_finished(self, record: TurnRecord) -> None: ...
 
@@ -86,7 +87,7 @@ class CallObserver(Protocol):
 class NullObserver:
     """Records nothing (the default)."""
 
-    def call_started(self, call_ref: str, caller: str, at: float) -> None:
+    def call_started(self, call_ref: str, caller: str, at: float, *, call_id: str = "") -> None:
         pass
 
     def turn_finished(self, record: TurnRecord) -> None:
@@ -127,8 +128,12 @@ class ObserverFanout:
             except Exception:
                 log.exception("call observer %s.%s failed", type(observer).__name__, method)
 
-    def call_started(self, call_ref: str, caller: str, at: float) -> None:
-        self._each("call_started", call_ref, caller, at)
+    def call_started(self, call_ref: str, caller: str, at: float, *, call_id: str = "") -> None:
+        for observer in self.observers:
+            try:
+                observer.call_started(call_ref, caller, at, call_id=call_id)
+            except Exception:
+                log.exception("call observer %s.call_started failed", type(observer).__name__)
 
     def turn_finished(self, record: TurnRecord) -> None:
         self._each("turn_finished", record)

@@ -230,6 +230,7 @@ class CallLoop:
         self._last_activity = 0.0
         self._transferring = False
         self._transferred_to: str | None = None
+        self._transfer: TransferRequested | None = None  # REFER in flight
         self._barge_ins = 0
         self._backchannels = 0
         self._hold_started: float | None = None
@@ -252,7 +253,8 @@ class CallLoop:
         self._asr = AsrWorker(loop, self.services.asr, on_partial=self._on_partial,
                               on_prepared=self._on_prepared, on_final=self._on_final,
                               name=f"asr-{self.call_ref}")
-        self._notify("call_started", self.call_ref, str(getattr(self.leg, "caller", "")), 0.0)
+        self._notify("call_started", self.call_ref, str(getattr(self.leg, "caller", "")), 0.0,
+                     call_id=str(getattr(self.leg, "call_id", "")))
         opening = getattr(self.session, "opening", None)
         produce = opening if callable(opening) else (lambda: iter([Say(self.session.greeting())]))
         self._start_reply("greeting", produce, ref_at=0.0)
@@ -723,6 +725,9 @@ class CallLoop:
             self._closing_soon(self._end_reason)
             return
         self._transferring = True
+        # A successful REFER makes the leg hang up, which may end this loop before the
+        # await below returns: the shutdown reads the transfer from here.
+        self._transfer = terminal
         result = await self.leg.transfer(terminal.uri, reason=terminal.reason,
                                          timeout=self.config.transfer_timeout_s)
         if result.ok:
@@ -733,6 +738,7 @@ class CallLoop:
         log.warning("call %s: transfer to %s failed: %s %s", self.call_ref, terminal.target,
                     result.status, result.reason)
         self._transferring = False
+        self._transfer = None
         self._last_activity = self._now
         self._start_reply("transfer_failed",
                           functools.partial(self.session.transfer_failed, result.reason),
@@ -769,8 +775,15 @@ class CallLoop:
         if self._ears is not None:
             self._ears.stop()
         handoff = None
+        transfer = self._transfer
+        if transfer is not None and getattr(self.leg, "end_reason", None) == "transferred":
+            self._transferred_to = transfer.target
+            reason = "transferred"
         try:
-            handoff = self.session.handoff(reason) if self.session is not None else None
+            if self._transferred_to is not None and transfer is not None:
+                handoff = transfer.handoff  # with the escalation's reason, as sent
+            elif self.session is not None:
+                handoff = self.session.handoff(reason)
         except Exception:
             log.exception("call %s: hand-off record failed", self.call_ref)
         assert self._loop is not None
@@ -783,9 +796,9 @@ class CallLoop:
             turn_records=tuple(self._records),
         ))
 
-    def _notify(self, method: str, *args: Any) -> None:
+    def _notify(self, method: str, *args: Any, **kwargs: Any) -> None:
         try:
-            getattr(self.observer, method)(*args)
+            getattr(self.observer, method)(*args, **kwargs)
         except Exception:
             log.exception("call %s: observer %s failed", self.call_ref, method)
 

@@ -272,6 +272,9 @@ class FakeLeg:
         self.caller = "5551234"
         self.reference = "ref1"
         self.transfer_ok = transfer_ok
+        # The real leg sends BYE after a successful REFER and waits for its answer: the
+        # call has ended well before transfer() returns.
+        self.bye_wait_s = 0.0
         self.transfers: list[tuple[str, str | None, int, int]] = []  # uri, reason, queued, played
         self.hangups: list[str] = []
 
@@ -282,6 +285,7 @@ class FakeLeg:
         await asyncio.sleep(0.01)
         if self.transfer_ok:
             self.remote_hangup("transferred")
+            await asyncio.sleep(self.bye_wait_s)
             return TransferResult(True, 200, "OK")
         return TransferResult(False, 486, "Busy Here")
 
@@ -384,7 +388,7 @@ class Observer:
         self.finished: list[CallSummary] = []
         self.started: list[str] = []
 
-    def call_started(self, call_ref: str, caller: str, at: float) -> None:
+    def call_started(self, call_ref: str, caller: str, at: float, *, call_id: str = "") -> None:
         self.started.append(call_ref)
 
     def turn_finished(self, record: TurnRecord) -> None:

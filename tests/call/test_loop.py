@@ -280,6 +280,25 @@ async def test_transfer_waits_for_the_handoff_line_then_refers() -> None:
         assert summary.transferred_to == "front_desk" and summary.end_reason == "transferred"
 
 
+async def test_transfer_is_recorded_when_the_call_ends_before_refer_returns() -> None:
+    """The leg hangs up (BYE) as soon as the REFER succeeded, so the loop may end before
+    transfer() returns: the summary must still say transferred, with the escalation reason."""
+    session = FakeSession()
+    session.scripts.append([Say("Putting you through."),
+                            TransferRequested("front_desk", "100", "asked", _handoff())])
+    call = Call(session)
+    call.leg.bye_wait_s = 0.5
+    async with call:
+        await call.greeted()
+        call.media.say(1000, 0.8)
+        assert call.task is not None
+        await asyncio.wait_for(call.task, 10)
+        summary = call.observer.finished[0]
+        assert summary.transferred_to == "front_desk"
+        assert summary.end_reason == "transferred"
+        assert summary.handoff is not None and summary.handoff.reason == "asked"
+
+
 async def test_failed_transfer_follows_the_dialog() -> None:
     session = FakeSession()
     session.scripts.append([Say("Transferring you."),
