@@ -115,6 +115,7 @@ class CallHandlers:
                 from agentd.call.scheduler import ScheduledLlm
 
                 engine.llm = ScheduledLlm(engine.llm)
+            engine.warm_cache()  # a new policy means a new system prompt to cache
             call_config = loop_config(config)
             old.phrases.warm([*policy_phrases(engine.policy), *call_config.fillers])
             services = dataclasses.replace(old, dialog=engine, config=call_config)

@@ -50,6 +50,7 @@ def build_services(config: Any, observer: CallObserver | None = None,
     phrases = PhraseBook(tts_engine, build_phrase_cache(config.speech, tts_engine))
     engine = DialogEngine.from_config(config.dialog, model_store=store)
     engine.llm = ScheduledLlm(engine.llm)  # one generation at a time across calls
+    engine.warm_cache()  # the shared prompt prefix, so no call's first turn evaluates it
     call_config = call_config or loop_config(config)
     made = phrases.warm([*policy_phrases(engine.policy), *call_config.fillers])
     log.info("agent ready: %s VAD, %s ASR, %s TTS, %d phrases synthesised", vad.name,

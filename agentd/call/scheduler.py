@@ -14,6 +14,7 @@ in order).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -84,6 +85,12 @@ class LlmGate:
             self._busy = True
             return True
 
+    @property
+    def has_waiters(self) -> bool:
+        """Someone waits for the gate (optional work holding it should stop soon)."""
+        with self._lock:
+            return self._next_ticket - self._serving > (1 if self._busy else 0)
+
     def release(self) -> None:
         with self._lock:
             self._busy = False
@@ -109,6 +116,12 @@ class ScheduledLlm:
         self.backend = backend
         self.gate = gate or LlmGate()
         self.name = getattr(backend, "name", "llm")
+        prefill = getattr(backend, "prefill", None)
+        try:
+            self._prefill_stops = callable(prefill) and "stop" in inspect.signature(
+                prefill).parameters
+        except (TypeError, ValueError):
+            self._prefill_stops = False
 
     def generate(self, messages: Any, schema: Any, **kwargs: Any) -> Any:
         cancel = kwargs.get("cancel")
@@ -126,7 +139,12 @@ class ScheduledLlm:
             return
         try:
             self.gate.stats.prefills += 1
-            self.backend.prefill(messages)
+            if self._prefill_stops:
+                # A generate waits on the gate, not on the backend's own lock, so the
+                # backend cannot see it: tell the prefill to stop for it.
+                self.backend.prefill(messages, stop=lambda: self.gate.has_waiters)
+            else:
+                self.backend.prefill(messages)
         finally:
             self.gate.release()
 

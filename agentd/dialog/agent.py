@@ -313,6 +313,20 @@ class DialogEngine:
             now=now,
         )
 
+    def warm_cache(self) -> bool:
+        """Evaluate the prompt every call starts with (system prompt, greeting, the opening
+        of the caller's first message) into the model's KV cache; blocking, for start-up.
+
+        The system prompt is ~1.3k tokens: evaluated cold at a call's first turn it cost
+        tens of seconds on two cores. Every call shares this prefix, so one evaluation here
+        serves them all. False when the backend cannot prefill."""
+        prefill = getattr(self.llm, "prefill", None)
+        if not callable(prefill):
+            return False
+        history = [agent_entry(AgentReply(say=self.policy.agent.greeting)), caller_entry("")]
+        prefill(build_messages(self.system_prompt, history))
+        return True
+
     def new_session(
         self, *, caller_id: str | None = None, call_ref: str | None = None
     ) -> DialogSession:
@@ -662,6 +676,11 @@ class DialogSession:
                     self.stats.refused_replies += 1
                     log.warning("call %s: model reply refused: %s", self.call_ref, exc)
                     reply = None
+                    if streamed.strip() and not cancel.cancelled and _cut_inside_say(text):
+                        # Cut short (max_tokens) mid-sentence: the caller already heard the
+                        # words, so keep them as a plain reply instead of a failure. (A bad
+                        # action after a finished say is still refused.)
+                        reply = AgentReply(say=streamed.strip())
                 if reply is not None and reply.say.startswith(streamed):
                     # Backends that do not stream (or stream only part) still get spoken.
                     for piece in splitter.feed(reply.say[len(streamed) :]):
@@ -973,6 +992,15 @@ class DialogSession:
 
 
 _NAME_KEY = re.compile(r"(?:^|_)(?:name|surname|customer|company)$")
+
+
+def _cut_inside_say(text: str) -> bool:
+    """The reply ended before the say string closed (the token limit cut it)."""
+    from agentd.dialog.jsonstream import SayStream
+
+    stream = SayStream()
+    stream.feed(text)
+    return not stream.malformed and not stream.say_complete and bool(stream.say)
 
 
 def _is_scalar(value: Any) -> bool:

@@ -369,10 +369,13 @@ class LlamaBackend:
         except RuntimeError as exc:
             raise LlmError(f"llama.cpp could not evaluate the prompt: {exc}") from None
 
-    def prefill(self, messages: list[ChatMessage]) -> None:
+    def prefill(
+        self, messages: list[ChatMessage], *, stop: Callable[[], bool] | None = None
+    ) -> None:
         """Evaluate the prompt of `messages` (the last one still open) into the KV cache.
 
-        Stops early when a `generate` is waiting, so it never delays a reply."""
+        Stops early when a `generate` is waiting (or `stop()` is true: a caller's gate has a
+        waiter), so it never delays a reply by more than one small batch."""
         if not messages:
             return
         with self._lock:
@@ -386,7 +389,7 @@ class LlamaBackend:
             if len(tokens) >= self.n_ctx:
                 return
             done = self._cached_prefix(tokens)
-            while done < len(tokens) and not self._waiting:
+            while done < len(tokens) and not self._waiting and not (stop and stop()):
                 step = min(done + _PREFILL_BATCH, len(tokens))
                 self._llm.n_tokens = done
                 self._eval(tokens[done:step])

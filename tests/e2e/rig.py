@@ -90,7 +90,7 @@ class AgentRig:
 
     def __init__(self, workdir: Path, *, example: str = "dental", model: str = DEFAULT_MODEL,
                  max_calls: int = 4, pbx_port: int | None = None, sip_port: int | None = None,
-                 llm_threads: int = 2, ready_timeout: float = 240.0,
+                 llm_threads: int = 1, ready_timeout: float = 240.0,
                  always_open: bool = True) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
