@@ -673,9 +673,12 @@ class DialogSession:
                 try:
                     reply = parse_reply(text, tools, engine.targets)
                 except ReplyError as exc:
-                    self.stats.refused_replies += 1
-                    log.warning("call %s: model reply refused: %s", self.call_ref, exc)
                     reply = None
+                    if cancel.cancelled:  # barge-in or hang-up cut it: expected, not refused
+                        log.debug("call %s: reply stopped by the caller: %s", self.call_ref, exc)
+                    else:
+                        self.stats.refused_replies += 1
+                        log.warning("call %s: model reply refused: %s", self.call_ref, exc)
                     if streamed.strip() and not cancel.cancelled and _cut_inside_say(text):
                         # Cut short (max_tokens) mid-sentence: the caller already heard the
                         # words, so keep them as a plain reply instead of a failure. (A bad
