@@ -66,9 +66,10 @@ class CallSummary:
     turns: int
     barge_ins: int
     backchannels: int
-    transferred_to: str | None
+    transferred_to: str | None  # the policy's target name
     handoff: HandoffRecord | None
     turn_records: tuple[TurnRecord, ...] = field(default=())
+    transfer_uri: str | None = None  # where the REFER sent the caller (extension or URI)
 
 
 class CallObserver(Protocol):

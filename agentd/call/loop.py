@@ -794,6 +794,7 @@ class CallLoop:
             barge_ins=self._barge_ins, backchannels=self._backchannels,
             transferred_to=self._transferred_to, handoff=handoff,
             turn_records=tuple(self._records),
+            transfer_uri=transfer.uri if transfer is not None and self._transferred_to else None,
         ))
 
     def _notify(self, method: str, *args: Any, **kwargs: Any) -> None:

@@ -254,7 +254,7 @@ class RecordsObserver:
                 outcome=summary_outcome(summary, state.caller_turns),
                 ended_at=self._wall(state, summary.ended_at),
                 reason=summary.end_reason,
-                transfer_target=summary.transferred_to,
+                transfer_target=_transfer_target(summary),
                 transfer_reason=handoff.reason if handoff and summary.transferred_to else None,
                 handoff=handoff.to_json() if handoff is not None else None,
             ),
@@ -272,6 +272,15 @@ class RecordsObserver:
                     break
             self.store.add_tool_call(ref, ToolCall.from_record(call, row))
         state.pending_tools.clear()
+
+
+def _transfer_target(summary: CallSummary) -> str | None:
+    """'billing (3001)': the policy's name for the target and where the REFER sent the call."""
+    name = summary.transferred_to
+    uri = getattr(summary, "transfer_uri", None)
+    if name is None or not uri or uri == name:
+        return name
+    return f"{name} ({uri})"
 
 
 def open_records(records: RecordsConfig) -> RecordsObserver:

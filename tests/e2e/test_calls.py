@@ -88,10 +88,6 @@ async def test_reschedule_moves_the_appointment_and_says_the_new_time(rig: Agent
         f"new slot {start} not told to the caller: {said}"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the transfer itself works (REFER to 3001, billing phone answers), but the records "
-    "store keeps transfer_target as the policy name 'billing', not the number; the records "
-    "engineer is fixing the transfer outcome in agentd/records/"))
 async def test_insurance_question_is_put_through_to_billing(
         rig: AgentRig, billing_phone: Baresip) -> None:
     caller = ScriptedCaller(rig.pbx_address, from_user="+447700900555")
