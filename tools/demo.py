@@ -111,7 +111,9 @@ async def scripted_call(rig: AgentRig, deadline: float) -> str | None:
                      "the caller now talks over the reply")
                 continue  # the next line is spoken over the reply
             await asyncio.to_thread(rig.wait_turn_logged, ref or "", turn, 60)
-            await caller.wait_quiet(said.last_voiced, quiet_s=0.8, timeout=40)
+            # Longer than the gap between a filler ("One moment.") and the real reply, so
+            # the caller does not talk over the answer it is waiting for.
+            await caller.wait_quiet(said.last_voiced, quiet_s=2.0, timeout=40)
             transcript.flush()
             row = rig.call_row(caller.call_id or "")
             content = next((t.get("first_content_ms") for t in (row.turns if row else [])
