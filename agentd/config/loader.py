@@ -10,15 +10,11 @@ from agentd.config.validate import validate_document
 from agentd.config.yaml_source import parse_yaml
 
 
-def load_config(path: str | Path) -> Config:
-    """Read, parse and validate a YAML config file; raises ConfigError listing every problem.
-
-    Relative paths inside the file (password_file, playback_file) resolve against the
-    file's directory.
-    """
+def read_config_text(path: str | Path) -> str:
+    """A YAML file's text; an unreadable or non-UTF-8 file is a ConfigError naming it."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
             [ConfigIssue(source, None, "", f"cannot read: {exc.strerror or exc}")]
@@ -27,7 +23,16 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(
             [ConfigIssue(source, None, "", f"not UTF-8 text: {exc.reason}")]
         ) from None
-    return parse_config(text, source=source, base_dir=Path(path).resolve().parent)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, parse and validate a YAML config file; raises ConfigError listing every problem.
+
+    Relative paths inside the file (password_file, playback_file) resolve against the
+    file's directory.
+    """
+    text = read_config_text(path)
+    return parse_config(text, source=str(path), base_dir=Path(path).resolve().parent)
 
 
 def parse_config(text: str, source: str = "<string>", base_dir: str | Path | None = None) -> Config:

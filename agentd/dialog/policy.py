@@ -33,7 +33,6 @@ from pydantic import (
     model_validator,
 )
 
-from agentd.config.errors import ConfigError, ConfigIssue
 from agentd.config.validate import validate_document
 from agentd.config.values import (
     FilePath,
@@ -1127,18 +1126,10 @@ def parse_policy(text: str, source: str = "<string>", base_dir: str | Path | Non
 
 def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file; relative paths in it resolve against its directory."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            [ConfigIssue(source, None, "", f"cannot read: {exc.strerror or exc}")]
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            [ConfigIssue(source, None, "", f"not UTF-8 text: {exc.reason}")]
-        ) from None
-    policy = parse_policy(text, source=source, base_dir=Path(path).resolve().parent)
+    from agentd.config.loader import read_config_text
+
+    text = read_config_text(path)
+    policy = parse_policy(text, source=str(path), base_dir=Path(path).resolve().parent)
     policy._source = Path(path).resolve()
     return policy
 
