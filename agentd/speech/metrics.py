@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
-__all__ = ["normalize_words", "wer"]
+__all__ = ["normalize_words", "wer", "word_errors"]
 
 _NOT_WORD = re.compile(r"[^a-z0-9' ]+")
 
@@ -23,6 +24,11 @@ def wer(reference: str, hypothesis: str) -> float:
     hyp = normalize_words(hypothesis)
     if not ref:
         return 0.0 if not hyp else 1.0
+    return word_errors(ref, hyp) / len(ref)
+
+
+def word_errors(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Substitutions + deletions + insertions (Levenshtein distance over words)."""
     # One row of the Levenshtein table over words.
     row = list(range(len(hyp) + 1))
     for i, ref_word in enumerate(ref, 1):
@@ -30,4 +36,4 @@ def wer(reference: str, hypothesis: str) -> float:
         for j, hyp_word in enumerate(hyp, 1):
             best = min(row[j] + 1, row[j - 1] + 1, diagonal + (ref_word != hyp_word))
             diagonal, row[j] = row[j], best
-    return row[len(hyp)] / len(ref)
+    return row[len(hyp)]

@@ -38,6 +38,7 @@ import yaml
 from agentd.media.g711 import ulaw_decode, ulaw_encode
 from agentd.media.resample import StreamResampler
 from agentd.speech.interfaces import TELEPHONE_RATE, SpeechError
+from agentd.speech.metrics import word_errors  # re-exported: the scorer's distance
 
 __all__ = [
     "Clip",
@@ -651,17 +652,6 @@ def transcript_wer(reference: str, hypothesis: str) -> float:
     if not ref:
         return 0.0 if not hyp else 1.0
     return word_errors(ref, hyp) / len(ref)
-
-
-def word_errors(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    """Substitutions + deletions + insertions (Levenshtein distance over words)."""
-    row = list(range(len(hyp) + 1))
-    for i, ref_word in enumerate(ref, 1):
-        diagonal, row[0] = row[0], i
-        for j, hyp_word in enumerate(hyp, 1):
-            best = min(row[j] + 1, row[j - 1] + 1, diagonal + (ref_word != hyp_word))
-            diagonal, row[j] = row[j], best
-    return row[len(hyp)]
 
 
 def reference_words(reference: str) -> int:
