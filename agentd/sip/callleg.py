@@ -79,8 +79,8 @@ class CallLeg:
         self.end_reason: str | None = None
         self.on_hold = False
         self.started_at = time.time()
-        self._transport = "tcp" if (top_via(invite.headers) and
-                                    top_via(invite.headers).transport == "TCP") else "udp"
+        via = top_via(invite.headers)
+        self._transport = "tcp" if via is not None and via.transport == "TCP" else "udp"
         self._sdp_version = 1
         self._session_id = secrets.randbits(31)
         self._local_sdp: SessionDescription | None = None
@@ -329,15 +329,12 @@ class CallLeg:
             log.info("call %s: re-INVITE, direction %s", self.reference, negotiated.direction)
         answer = self._local_sdp
         assert answer is not None
-        self.dialog.refresh_target(request)
-        headers = [("Contact", self.ua.contact)]
-        if self._session_interval:
-            self._session_refreshed(request)
-            headers.append(("Session-Expires",
-                            f"{self._session_interval};refresher={self._refresher_param()}"))
+        headers = self._target_refreshed(request)
         await self._send_2xx(request, server_tx, headers, answer.to_bytes())
 
-    def _on_update(self, request: SipRequest, server_tx: TransactionId) -> None:
+    def _target_refreshed(self, request: SipRequest) -> list[tuple[str, str]]:
+        """A re-INVITE or UPDATE arrived: take its Contact, count it as a session refresh,
+        and return the headers of our 200 (Contact, Session-Expires when timed)."""
         assert self.dialog is not None
         self.dialog.refresh_target(request)
         headers = [("Contact", self.ua.contact)]
@@ -345,6 +342,10 @@ class CallLeg:
             self._session_refreshed(request)
             headers.append(("Session-Expires",
                             f"{self._session_interval};refresher={self._refresher_param()}"))
+        return headers
+
+    def _on_update(self, request: SipRequest, server_tx: TransactionId) -> None:
+        headers = self._target_refreshed(request)
         if request.body:  # UPDATE with an offer: answer it with what we have (no change)
             self.ua.respond(request, server_tx, 200, "OK", headers=headers,
                             body=self._local_sdp.to_bytes() if self._local_sdp else b"",

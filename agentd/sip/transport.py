@@ -27,8 +27,6 @@ SipMessage = SipRequest | SipResponse
 # A datagram larger than this is not SIP we want (RFC 3261 §18.1.1 suggests 1300 on UDP
 # without congestion control; we accept more but bound it).
 MAX_DATAGRAM = 65_535
-# Idle TCP connections we opened are closed after this long without traffic.
-TCP_IDLE_SECONDS = 600.0
 # Feed passes per TCP read (messages and errors taken out of one chunk); bounds the loop.
 MAX_MESSAGES_PER_READ = 1000
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from agentd.media.pacer import MediaClock
 from agentd.sip.auth import DigestClient
-from agentd.sip.message import Headers, SipRequest, SipResponse
+from agentd.sip.message import SipRequest, SipResponse
 from agentd.sip.parser import SipParseError
 from agentd.sip.registration import (
     Registration,
@@ -198,22 +198,27 @@ class UserAgent:
         """Switch to a new SIP account (a reload): un-REGISTER the old binding, then REGISTER
         with `settings`. Calls in progress are untouched; their dialogs do not depend on it.
         The listening address is not changed here (that needs a restart)."""
-        if self._registering is not None and not self._registering.done():
-            self._registering.cancel()
-            await asyncio.wait([self._registering], timeout=2.0)
-        if self.registration is not None:
-            request = self.registration.stop(self._now())
-            if request is not None:
-                try:
-                    await asyncio.wait_for(self._registration_exchange(request), 3.0)
-                except (TimeoutError, asyncio.CancelledError):
-                    pass
+        await self._unregister()
         self.settings = settings
         self.credentials = DigestClient(settings.auth_user, settings.password)
         self._limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
         self.registration = None
         if settings.register:
             self._begin_registration()
+
+    async def _unregister(self) -> None:
+        """Stop any REGISTER exchange in flight, then un-REGISTER (bounded to 3 s)."""
+        if self._registering is not None and not self._registering.done():
+            self._registering.cancel()
+            await asyncio.wait([self._registering], timeout=2.0)
+        if self.registration is None:
+            return
+        request = self.registration.stop(self._now())
+        if request is not None:
+            try:
+                await asyncio.wait_for(self._registration_exchange(request), 3.0)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
 
     def add_registration_listener(self, listener: Callable[[RegistrationState], None]) -> None:
         """Call `listener` with the new state after every registration exchange."""
@@ -239,15 +244,7 @@ class UserAgent:
             *(leg.hangup("shutdown") for leg in list(self._legs.values())),
             return_exceptions=True,
         )
-        if self.registration is not None:
-            if self._registering is not None:
-                self._registering.cancel()
-            request = self.registration.stop(self._now())
-            if request is not None:
-                try:
-                    await asyncio.wait_for(self._registration_exchange(request), 3.0)
-                except (TimeoutError, asyncio.CancelledError):
-                    pass
+        await self._unregister()
         # Cancel what still runs and wait for it, so stop() leaves no task behind.
         tasks = [t for t in (*self._tasks, self._timer_task, self._registering) if t is not None]
         for task in tasks:
@@ -577,4 +574,4 @@ def _header_safe(text: str) -> str:
 
 from agentd.sip.callleg import CallLeg  # noqa: E402  (type for the annotations above)
 
-__all__ = ["ALLOW", "CallLeg", "UaSettings", "UaStats", "UserAgent", "Headers"]
+__all__ = ["ALLOW", "CallLeg", "UaSettings", "UaStats", "UserAgent"]
