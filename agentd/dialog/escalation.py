@@ -13,26 +13,9 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-RuleKind = Literal[
-    "caller_asks_for_human",
-    "topic",
-    "misunderstanding",
-    "low_confidence",
-    "frustration",
-    "tool_failure",
-    "outside_hours",
-]
-RULE_KINDS: tuple[RuleKind, ...] = (
-    "caller_asks_for_human",
-    "topic",
-    "misunderstanding",
-    "low_confidence",
-    "frustration",
-    "tool_failure",
-    "outside_hours",
-)
+from agentd.dialog.policy import RuleKind  # the rule kinds the policy schema declares
 
 
 @dataclass(frozen=True)
