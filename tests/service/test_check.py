@@ -134,9 +134,10 @@ def test_cli_unreachable_registrar_and_port_in_use_exit_1(tmp_path: Path) -> Non
 
 
 def test_cli_missing_model_names_the_fetch_command(tmp_path: Path) -> None:
-    policy = Path(__file__).resolve().parents[2] / "examples" / "dental" / "policy.yaml"
-    if not policy.is_file():
-        pytest.skip("examples/dental/policy.yaml not in this checkout")
+    import examples
+
+    # A seeded copy: the checkout holds the example's CSVs, not its built SQLite files.
+    policy = examples.prepare("dental", tmp_path / "example")
     empty_models = tmp_path / "models"
     empty_models.mkdir()
     config = tmp_path / "config.yaml"
