@@ -25,32 +25,25 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
-PrivateKind = Literal["caller", "transcript"]
+from agentd.private import Private  # re-exported: callers import it from here too
+
+__all__ = [
+    "JsonFormatter",
+    "LogEvent",
+    "Private",
+    "TextFormatter",
+    "config_secrets",
+    "log_context",
+    "make_formatter",
+    "setup_logging",
+]
 
 _CALL: contextvars.ContextVar[str | None] = contextvars.ContextVar("agentd_call", default=None)
 _STAGE: contextvars.ContextVar[str | None] = contextvars.ContextVar("agentd_stage", default=None)
 _CALL_PREFIX = re.compile(r"^call ([0-9A-Za-z]{4,32})\b")
 SECRET_MASK = "***"
-
-
-@dataclass(frozen=True)
-class Private:
-    """A log argument the operator sees only when private data is enabled (level debug)."""
-
-    value: str
-    kind: PrivateKind = "caller"
-
-    def masked(self) -> str:
-        if self.kind == "transcript":
-            return f"<transcript {len(self.value)} chars>"
-        return "<caller>"
-
-    def __str__(self) -> str:  # the safe default wherever no formatter unmasks it
-        return self.masked()
-
-    __repr__ = __str__
 
 
 @contextlib.contextmanager
