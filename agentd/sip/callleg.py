@@ -16,13 +16,18 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agentd.media.g711 import alaw_decode, ulaw_decode
 from agentd.media.jitterbuffer import JitterBuffer
 from agentd.media.session import RtpSession, open_session_in_range
-from agentd.media.g711 import alaw_decode, ulaw_decode
 from agentd.private import Private
 from agentd.sip.dialog import Dialog, DialogError, uri_destination
 from agentd.sip.message import SipRequest
-from agentd.sip.refer import TransferProgress, build_refer_to, parse_notify, user_to_user_value
+from agentd.sip.refer import (
+    TransferProgress,
+    build_refer_to,
+    parse_notify,
+    user_to_user_value,
+)
 from agentd.sip.sdp import (
     NegotiatedMedia,
     NoCommonCodec,
