@@ -29,6 +29,12 @@ SipMessage = SipRequest | SipResponse
 MAX_DATAGRAM = 65_535
 # Feed passes per TCP read (messages and errors taken out of one chunk); bounds the loop.
 MAX_MESSAGES_PER_READ = 1000
+# Connections peers open to us: at most this many at once (each costs a socket and a buffer;
+# a PBX needs a handful), and one idle this long is closed (the peer reconnects on demand,
+# RFC 3261 §18). Connections we opened (to the registrar) are never closed for idleness:
+# the PBX may send the next INVITE over the one we registered on.
+MAX_INBOUND_TCP = 256
+TCP_IDLE_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,8 @@ class TransportStats:
     malformed: int = 0
     send_errors: int = 0
     refused: int = 0  # dropped unparsed because `admit` said no
+    tcp_refused: int = 0  # inbound connections closed at once: MAX_INBOUND_TCP reached
+    tcp_idle_closed: int = 0  # inbound connections closed after TCP_IDLE_TIMEOUT_S idle
 
 
 MessageHandler = Callable[[Inbound], None]
@@ -76,12 +84,16 @@ class _TcpConnection(asyncio.Protocol):
         self._owner = owner
         self._framer = StreamFramer()
         self.remote: Address | None = remote
+        self.inbound = remote is None  # the peer connected to us (we did not dial it)
         self.transport: asyncio.Transport | None = None
         self.last_used = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.inbound and not self._owner._accept_inbound(self):
+            transport.close()
+            return
         peer = transport.get_extra_info("peername")
         if self.remote is None and peer:
             self.remote = (peer[0], peer[1])
@@ -124,6 +136,7 @@ class _TcpConnection(asyncio.Protocol):
             self.transport.write(b"\r\n" * (framer.keepalives - pings))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._owner._inbound_tcp.discard(self)
         if self.remote is not None and self._owner._tcp_connections.get(self.remote) is self:
             del self._owner._tcp_connections[self.remote]
 
@@ -146,6 +159,8 @@ class SipTransport:
         on_malformed: MalformedHandler | None = None,
         admit: AdmitHandler | None = None,
         max_message_size: int = MAX_DATAGRAM,
+        max_inbound_tcp: int = MAX_INBOUND_TCP,
+        tcp_idle_timeout_s: float = TCP_IDLE_TIMEOUT_S,
     ) -> None:
         self.host = host
         self.port = port
@@ -157,6 +172,10 @@ class SipTransport:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.base_events.Server | None = None
         self._tcp_connections: dict[Address, _TcpConnection] = {}
+        self._inbound_tcp: set[_TcpConnection] = set()
+        self._max_inbound_tcp = max_inbound_tcp
+        self._tcp_idle_timeout_s = tcp_idle_timeout_s
+        self._idle_sweeper: asyncio.Task[None] | None = None
         self._connecting: dict[Address, asyncio.Future[_TcpConnection]] = {}
         self._send_tasks: set[asyncio.Task[None]] = set()  # held so they are not collected
         self.stats = TransportStats()
@@ -177,8 +196,12 @@ class SipTransport:
             self._tcp_server = await loop.create_server(
                 lambda: _TcpConnection(self), host=self.host, port=self.port, reuse_address=True
             )
+            self._idle_sweeper = loop.create_task(self._sweep_idle_tcp())
 
     async def close(self) -> None:
+        if self._idle_sweeper is not None:
+            self._idle_sweeper.cancel()
+            self._idle_sweeper = None
         pending = list(self._send_tasks)
         for task in pending:
             task.cancel()
@@ -191,6 +214,10 @@ class SipTransport:
             if conn.transport is not None:
                 conn.transport.close()
         self._tcp_connections.clear()
+        for conn in list(self._inbound_tcp):
+            if conn.transport is not None:
+                conn.transport.close()
+        self._inbound_tcp.clear()
         if self._tcp_server is not None:
             self._tcp_server.close()
             await self._tcp_server.wait_closed()
@@ -254,6 +281,34 @@ class SipTransport:
             del self._connecting[destination]
 
     # ---- inbound ---------------------------------------------------------------------------
+
+    def _accept_inbound(self, conn: _TcpConnection) -> bool:
+        if len(self._inbound_tcp) >= self._max_inbound_tcp:
+            self.stats.tcp_refused += 1
+            log.warning("tcp: %d inbound connections open, refusing another",
+                        len(self._inbound_tcp))
+            return False
+        self._inbound_tcp.add(conn)
+        return True
+
+    def close_idle_tcp(self, now: float) -> int:
+        """Close inbound connections idle for longer than the timeout; returns how many."""
+        closed = 0
+        for conn in list(self._inbound_tcp):
+            if now - conn.last_used >= self._tcp_idle_timeout_s and conn.transport is not None:
+                conn.transport.close()
+                self._inbound_tcp.discard(conn)
+                closed += 1
+        self.stats.tcp_idle_closed += closed
+        return closed
+
+    async def _sweep_idle_tcp(self) -> None:
+        # Lives as long as the transport (cancelled in close); one cheap pass per period.
+        period = max(0.05, min(30.0, self._tcp_idle_timeout_s / 4))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            self.close_idle_tcp(loop.time())
 
     def _admitted(self, source: Address) -> bool:
         if self._admit is None or self._admit(source):

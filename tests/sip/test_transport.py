@@ -317,3 +317,62 @@ async def test_close_with_open_connections_and_pending_connect() -> None:
     assert not [t for t in asyncio.all_tasks() if t is not current and not t.done()]
     with pytest.raises(RuntimeError):
         transport.send(b"X", ("127.0.0.1", 9))
+
+
+async def test_inbound_tcp_connections_are_bounded() -> None:
+    recorder = Recorder()
+    transport = SipTransport("127.0.0.1", 0, recorder.on_message, max_inbound_tcp=2)
+    await transport.start()
+    writers = []
+    try:
+        kept = [await asyncio.open_connection(*transport.local_address) for _ in range(2)]
+        writers += [w for _, w in kept]
+        reader, extra = await asyncio.open_connection(*transport.local_address)
+        writers.append(extra)
+        assert await asyncio.wait_for(reader.read(100), 2.0) == b""  # the third is refused
+        assert transport.stats.tcp_refused == 1
+        _, kept_writer = kept[0]
+        kept_writer.write(options("kept"))  # the first two still work
+        await kept_writer.drain()
+        assert (await recorder.next()).message.call_id == "kept"
+        kept_writer.close()  # one closes: room for a new one
+        await asyncio.sleep(0.05)
+        _, again = await asyncio.open_connection(*transport.local_address)
+        writers.append(again)
+        again.write(options("again"))
+        await again.drain()
+        assert (await recorder.next()).message.call_id == "again"
+        assert transport.stats.tcp_refused == 1
+    finally:
+        for writer in writers:
+            writer.close()
+        await transport.close()
+
+
+async def test_idle_inbound_tcp_is_closed_but_our_own_connection_stays() -> None:
+    transport = SipTransport("127.0.0.1", 0, lambda _: None, tcp_idle_timeout_s=0.2)
+    await transport.start()
+    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def on_client(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        accepted.put_nowait((r, w))
+
+    registrar = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    destination = registrar.sockets[0].getsockname()[:2]
+    try:
+        transport.send(b"REGISTER-ish\r\n", destination, "tcp")  # a connection we open
+        ours_reader, ours_writer = await asyncio.wait_for(accepted.get(), 2.0)
+        assert await asyncio.wait_for(ours_reader.readline(), 2.0) == b"REGISTER-ish\r\n"
+        reader, writer = await asyncio.open_connection(*transport.local_address)  # theirs
+        assert await asyncio.wait_for(reader.read(100), 3.0) == b""  # closed when idle
+        assert transport.stats.tcp_idle_closed == 1
+        await asyncio.sleep(0.3)
+        transport.send(b"STILL\r\n", destination, "tcp")  # ours was kept: same connection
+        assert await asyncio.wait_for(ours_reader.readline(), 2.0) == b"STILL\r\n"
+        assert accepted.empty()
+        writer.close()
+        ours_writer.close()
+    finally:
+        registrar.close()
+        await registrar.wait_closed()
+        await transport.close()
