@@ -18,15 +18,31 @@ __all__ = ["agent_handler", "build_services", "loop_config"]
 
 
 def loop_config(config: Any) -> CallLoopConfig:
-    """Turn-taking thresholds follow the `speech.vad` section (the VAD and the turn logic
-    must agree); the rest are the call loop's defaults until it has a config section."""
+    """The call loop's settings: the `call:` section, with the turn-taking thresholds from
+    `speech.vad` (the VAD and the turn logic must agree)."""
     from agentd.speech.factory import vad_config
 
     vad = vad_config(config.speech)
+    call = config.call
     return CallLoopConfig(
         vad=vad,
-        turns=TurnConfig(threshold=vad.threshold, neg_threshold=vad.neg_threshold,
-                         end_of_turn_s=vad.end_of_turn_ms / 1000),
+        turns=TurnConfig(
+            threshold=vad.threshold,
+            neg_threshold=vad.neg_threshold,
+            end_of_turn_s=vad.end_of_turn_ms / 1000,
+            fast_end_of_turn_s=call.fast_end_of_turn_s,
+            incomplete_hold_s=call.incomplete_hold_s,
+            backchannel_max_s=call.backchannel_max_s,
+            hold_max_s=call.hold_max_s,
+            backchannels=frozenset(call.backchannels),
+        ),
+        preroll_s=call.preroll_s,
+        fillers=tuple(call.fillers),
+        filler_after_s=call.filler_after_s,
+        tool_filler_after_s=call.tool_filler_after_s,
+        max_fillers_per_turn=call.max_fillers_per_turn,
+        dtmf_gap_s=call.dtmf_gap_s,
+        reprompt_after_s=call.reprompt_after_s,
     )
 
 

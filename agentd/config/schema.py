@@ -403,6 +403,101 @@ class MetricsConfig(Section):
             raise ValueError(f"expected an IP address, got {value!r}") from None
 
 
+_DEFAULT_BACKCHANNELS = (
+    "alright", "all right", "got it", "hmm", "i see", "mhm", "mm", "mm hm", "mm hmm", "mm-hm",
+    "mm-hmm", "mmhmm", "ok", "okay", "right", "uh huh", "uh-huh", "uhhuh", "yeah",
+)  # agentd.call.turns.DEFAULT_BACKCHANNELS (kept equal by tests/config; no import: no numpy)
+
+
+class CallConfig(Section):
+    """The AI call loop: fillers over dead air, keypad input, re-prompts and turn-taking.
+
+    Defaults equal agentd.call.loop.CallLoopConfig and agentd.call.turns.TurnConfig.
+    """
+
+    fillers: tuple[HeaderText, ...] = Field(
+        ("One moment.", "Let me check that."),
+        max_length=16,
+        description="Short phrases (synthesised at start-up) played over dead air while a "
+        "reply or a tool is slow: the first after the caller's turn, the second during a "
+        "tool; [] = none.",
+    )
+    filler_after_s: Number = Field(
+        1.0, ge=0, le=10, description="Dead air after the caller's turn before a filler, in s."
+    )
+    tool_filler_after_s: Number = Field(
+        0.3, ge=0, le=10, description="Dead air while a tool runs before a filler, in s."
+    )
+    max_fillers_per_turn: Integer = Field(
+        2, ge=0, le=10, description="Most fillers in one reply; 0 = no fillers."
+    )
+    dtmf_gap_s: Number = Field(
+        1.5,
+        gt=0,
+        le=10,
+        description="Key presses are collected until '#', a key the policy maps, or this gap "
+        "in s.",
+    )
+    preroll_s: Number = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Audio from before the VAD's speech onset given to the ASR, in s.",
+    )
+    reprompt_after_s: Number | None = Field(
+        None,
+        gt=0,
+        le=120,
+        description="Caller silence before the agent re-prompts, in s.",
+        json_schema_extra=_derived("dialog policy's limits.silence_reprompt_seconds"),
+    )
+    fast_end_of_turn_s: Number | None = Field(
+        0.2,
+        ge=0.02,
+        le=5,
+        description="Silence that ends the turn early when the words so far end a sentence, "
+        "in s; null = always wait for speech.vad.end_of_turn_ms.",
+    )
+    incomplete_hold_s: Number = Field(
+        0.6,
+        ge=0,
+        le=5,
+        description="Extra silence allowed when the words stop mid-sentence ('and', 'um'), "
+        "in s.",
+    )
+    backchannel_max_s: Number = Field(
+        0.8,
+        gt=0,
+        le=5,
+        description="Caller speech over the agent longer than this (from its onset) is an "
+        "interruption, never a backchannel, in s.",
+    )
+    hold_max_s: Number = Field(
+        1.5,
+        gt=0,
+        le=10,
+        description="Longest the agent stays paused for caller speech before it gives up the "
+        "turn, in s.",
+    )
+    backchannels: tuple[HeaderText, ...] = Field(
+        _DEFAULT_BACKCHANNELS,
+        max_length=200,
+        description="Words the caller may say over the agent without interrupting it "
+        "('uh-huh'); case and punctuation are ignored.",
+    )
+
+    @field_validator("fillers", "backchannels")
+    @classmethod
+    def _phrases(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for phrase in value:
+            if not any(ch.isalnum() for ch in phrase):
+                raise ValueError(f"expected a phrase with words, got {phrase!r}")
+        repeated = sorted({phrase for phrase in value if value.count(phrase) > 1})
+        if repeated:
+            raise ValueError(f"listed twice: {', '.join(repr(p) for p in repeated)}")
+        return value
+
+
 class Config(Section):
     """The whole agentd configuration file."""
 
@@ -416,6 +511,10 @@ class Config(Section):
     dialog: DialogConfig = Field(
         default_factory=DialogConfig,
         description="The AI agent's policy and LLM; absent: the line-test app answers.",
+    )
+    call: CallConfig = Field(
+        default_factory=CallConfig,
+        description="The AI call loop: fillers, keypad input, re-prompts, turn-taking.",
     )
     service: ServiceConfig = Field(
         default_factory=ServiceConfig, description="Running as a service (drain, pid file)."
