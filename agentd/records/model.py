@@ -7,6 +7,7 @@ are wall-clock seconds since the epoch; latencies are milliseconds.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -98,17 +99,54 @@ class CallEnd:
     handoff: Mapping[str, Any] | None = None
 
 
-def outcome_for(*, answered: bool, transferred: bool, failed: bool, caller_turns: int) -> Outcome:
+def outcome_for(
+    *,
+    answered: bool,
+    transferred: bool,
+    failed: bool,
+    caller_turns: int,
+    left_unanswered: bool = False,
+) -> Outcome:
     """The usual classification: a REFER that succeeded is `transferred`; an error that
-    ended the call is `failed`; a caller who hung up before saying anything (or before we
-    answered) `abandoned`; anything else the agent handled to the end is `contained`."""
+    ended the call is `failed`; a caller who hung up before their need was handled is
+    `abandoned`: before we answered, before saying anything, or while the agent was still
+    answering them (`left_unanswered`: thinking, speaking, or just cut off by them). Calls the
+    agent ended, and hang-ups while the agent was idle after answering, are `contained`."""
     if transferred:
         return "transferred"
     if failed:
         return "failed"
-    if not answered or caller_turns == 0:
+    if not answered or caller_turns == 0 or left_unanswered:
         return "abandoned"
     return "contained"
+
+
+# A caller whose last words are only these (with at least one marker) was closing the call,
+# so hanging up over the agent's reply to them is not abandoning it.
+_FAREWELL_MARKERS = frozenset({
+    "bye", "goodbye", "bye-bye", "byebye", "cheers", "thanks", "thank", "all", "else", "done",
+})
+_CLOSING_WORDS = _FAREWELL_MARKERS | frozenset({
+    "ok", "okay", "great", "perfect", "no", "nope", "that's", "thats", "that", "is", "it",
+    "you", "very", "much", "so", "a", "lot", "alright", "right", "nothing", "cool", "good",
+    "fine", "have", "nice", "day", "wonderful", "awesome", "then", "oh", "well", "for",
+    "your", "help", "lovely", "brilliant", "see", "ya", "thx", "ta", "i'm", "done",
+})
+_FAREWELL_WORD = re.compile(r"[a-z']+(?:-[a-z']+)*")
+
+
+def is_farewell(text: str) -> bool:
+    """True for a caller's closing line: any "bye", or only thanks/that's-all words
+    ("Great, thank you very much.", "No, that's all."); False for a new request."""
+    words = _FAREWELL_WORD.findall(text.lower().replace("\u2019", "'"))
+    if not words:
+        return False
+    if any(word in ("bye", "goodbye", "bye-bye", "byebye") for word in words):
+        return True
+    closing = " ".join(words) in ("that's it", "thats it", "no that's it", "okay that's it")
+    return all(word in _CLOSING_WORDS for word in words) and (
+        closing or any(word in _FAREWELL_MARKERS for word in words)
+    )
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from agentd.records.model import (
     ToolCall,
     Turn,
     TurnLatency,
+    is_farewell,
     outcome_for,
 )
 from agentd.records.recording import open_call_recorder
@@ -71,7 +72,30 @@ def summary_outcome(summary: CallSummary, caller_turns: int) -> Outcome:
         transferred=summary.transferred_to is not None,
         failed=looks_failed(summary.end_reason),
         caller_turns=caller_turns,
+        left_unanswered=_left_unanswered(summary),
     )
+
+
+# Reply kinds that answer the caller; a re-prompt ("silence") or the greeting answers nothing.
+_ANSWER_KINDS = ("speech", "dtmf", "transfer_failed")
+
+
+def _left_unanswered(summary: CallSummary) -> bool:
+    """The caller hung up while the agent was still answering them, read from the last turn
+    record: a reply in progress at the hang-up (outcome "hangup": thinking or speaking) or one
+    the caller had just cut off ("interrupted"), unless the words it answered were a goodbye.
+    Hang-ups while the agent was idle, or during a re-prompt, leave the caller answered."""
+    if not (summary.end_reason or "").strip().lower().startswith("remote"):
+        return False  # we ended it (agent goodbye, shutdown, max call length...)
+    records = getattr(summary, "turn_records", ())
+    if not records:
+        return False
+    last = records[-1]
+    if last.outcome == "hangup":
+        cut = last.kind in _ANSWER_KINDS
+    else:
+        cut = last.outcome == "interrupted" or last.interrupted
+    return cut and not is_farewell(last.caller_text)
 
 
 @dataclass
