@@ -45,6 +45,11 @@ class TurnRecord:
     interrupted: bool  # the caller barged in
     tools: tuple[str, ...] = ()
     outcome: str = "spoken"  # spoken | interrupted | transfer | end_call | hangup
+    # Where the time went (same reference instant as first_audio_ms):
+    llm_first_token_ms: float | None = None  # -> the model's first spoken clause (say text)
+    tts_first_chunk_ms: float | None = None  # -> its first audio synthesised (or cached)
+    first_rtp_ms: float | None = None  # -> the reply's own audio handed to the RTP sender
+    #   (it still queues behind an acknowledgement or filler that is playing)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,13 @@ One `CallLoop` per answered call, on the event loop; engines run on threads (`wo
   `TtsScheduler` and streamed chunk by chunk into `media.send()` in clause order.
 - Which words the caller heard comes from `media.played_samples` against where each
   clause's audio sits in the send queue, so `dialog.interrupted()` gets only those.
-- Dead air after the caller's turn or during a tool call is covered by a cached filler.
+- At the end of the caller's turn a short cached acknowledgement ("Sure.") plays at once when
+  the reply's own words are not expected within `ack_when_content_after_s` (an average of
+  this call's recent turns); it is shorter than the usual wait, so it never holds content
+  back by more than its own remaining audio. Longer dead air after that, or during a tool
+  call, is covered by a cached filler. Cached phrases are sent without their silent edges.
+- The dialog's `prefill` runs on the caller's partial transcripts and on the prepared final
+  (first silence), so at the end of the turn the model has little or nothing left to read.
 - DTMF digits are dialog input; silence re-prompts; a transfer waits until its hand-off
   line has played; a hang-up at any moment stops every worker and completes the records.
 
@@ -24,8 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
-import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -55,7 +61,7 @@ from agentd.call.turns import (
     TurnConfig,
     TurnTaker,
 )
-from agentd.call.workers import AsrWorker, DialogWorker, Ears
+from agentd.call.workers import AsrWorker, DialogWorker, Ears, Prefiller
 from agentd.dialog.types import EndCall, Say, ToolFinished, ToolStarted, TransferRequested
 from agentd.speech.interfaces import (
     FRAME_SAMPLES,
@@ -81,6 +87,18 @@ class CallLoopConfig:
     preroll_s: float = 0.3  # audio before the VAD's onset given to the ASR
     fillers: tuple[str, ...] = ("One moment.", "Let me check that.")
     filler_after_s: float = 1.0  # dead air after the caller's turn before a filler
+    # Short acknowledgements said at the end of the caller's turn (used in turn); cached at
+    # start-up with the fillers, or by the first call that needs them.
+    acknowledgements: tuple[str, ...] = ("Sure.", "Okay.")
+    # Acknowledge when this call's expected end-of-turn -> content-ready time is at least
+    # this long (None: never acknowledge); the estimate starts at ack_initial_estimate_s and
+    # follows each turn's measured time (exponential average with weight content_ewma_alpha).
+    ack_when_content_after_s: float | None = 0.5
+    ack_initial_estimate_s: float = 1.0
+    content_ewma_alpha: float = 0.5
+    filler_after_ack_s: float = 0.8  # dead air after an acknowledgement before a filler
+    phrase_edge_s: float = 0.03  # silence kept at each end of a cached filler/acknowledgement
+    prefill: bool = True  # run the dialog's prefill on partial and prepared transcripts
     tool_filler_after_s: float = 0.3  # dead air while a tool runs before a filler
     max_fillers_per_turn: int = 2
     dtmf_gap_s: float = 1.5  # digits are collected until '#', a mapped key or this gap
@@ -162,6 +180,10 @@ class _Reply:
     fillers: list[str] = field(default_factory=list)
     first_audio_at: float | None = None
     first_content_at: float | None = None
+    decided_at: float | None = None  # the end-of-turn decision (speech turns)
+    first_say_at: float | None = None  # the dialog's first clause reached the loop
+    first_chunk_at: float | None = None  # its first synthesised (or cached) audio was ready
+    content_ready_at: float | None = None  # the reply's own first audio could be sent
     idle_since: float | None = None
     outcome: str = "spoken"
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # the dialog is free again
@@ -235,7 +257,13 @@ class CallLoop:
         self._backchannels = 0
         self._hold_started: float | None = None
         self._hold_stop_ms = 0.0
-        self._prefilling = False
+        self._prefiller: Prefiller | None = None
+        self._prepared_text = ""  # the prepared final of the open (or just ended) utterance
+        self._ack: _Clause | None = None  # acknowledgement sent at the end of turn
+        self._ack_at = 0.0
+        self._acks = 0
+        self._content_estimate = self.config.ack_initial_estimate_s
+        self._trimmed: dict[str, np.ndarray | None] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started_wall = 0.0
 
@@ -255,6 +283,13 @@ class CallLoop:
                               name=f"asr-{self.call_ref}")
         self._notify("call_started", self.call_ref, str(getattr(self.leg, "caller", "")), 0.0,
                      call_id=str(getattr(self.leg, "call_id", "")))
+        prefill = getattr(self.session, "prefill", None)
+        if cfg.prefill and callable(prefill):
+            self._prefiller = Prefiller(prefill, final_kw=_takes(prefill, "final"),
+                                        name=f"prefill-{self.call_ref}")
+        missing = [text for text in cfg.acknowledgements if self.services.phrases.get(text) is None]
+        if missing and cfg.ack_when_content_after_s is not None:
+            self._spawn(self._warm_phrases(missing), "warm")
         opening = getattr(self.session, "opening", None)
         produce = opening if callable(opening) else (lambda: iter([Say(self.session.greeting())]))
         self._start_reply("greeting", produce, ref_at=0.0)
@@ -318,27 +353,19 @@ class CallLoop:
     def _on_partial(self, utterance: int, text: str) -> None:
         if utterance != self._utterance or not self._asr_open:
             return
-        # Understanding starts while the caller still talks, where the dialog offers a hook.
-        # TODO(dialog): DialogSession has no prefill(partial_text) yet; when it does, the
-        # LLM evaluates the caller's words so far while they speak (LATENCY.md: -0.5 s).
-        prefill = getattr(self.session, "prefill", None)
-        if callable(prefill) and not self._prefilling:
-            self._prefilling = True
-
-            def work() -> None:
-                try:
-                    prefill(text)
-                except Exception as exc:
-                    log.debug("call %s: prefill failed: %s", self.call_ref, exc)
-                finally:
-                    self._prefilling = False
-
-            threading.Thread(target=work, name=f"prefill-{self.call_ref}", daemon=True).start()
+        # Understanding starts while the caller still talks: the model reads their words.
+        if self._prefiller is not None and self._may_answer():
+            self._prefiller.request(text)
 
     @_guarded
     def _on_prepared(self, utterance: int, seq: int, text: str, ms: float) -> None:
         if utterance != self._utterance:
             return
+        self._prepared_text = text
+        if (self._prefiller is not None and text.strip() and self._may_answer()
+                and self._asr_open):
+            # Most likely the whole turn: the model reads it as it will answer it.
+            self._prefiller.request(text, final=True)
         self._act(self.turns.prepared(self._vad_now, seq, text))
 
     @_guarded
@@ -347,6 +374,7 @@ class CallLoop:
         if eot is None or utterance != self._eot_utterance:
             return
         self._eot = None
+        ack, self._ack = self._ack, None
         text = transcript.text.strip()
         self._last_activity = self._now
         if not text or not self._may_answer():
@@ -357,6 +385,11 @@ class CallLoop:
             ref_at=eot.speech_end_at, caller_text=text, confidence=transcript.confidence)
         reply.end_of_turn_ms = (eot.decided_at - eot.speech_end_at) * 1000.0
         reply.asr_final_ms = max(0.0, self._now - eot.decided_at - self._eot_loop_delay) * 1000.0
+        reply.decided_at = eot.decided_at + self._eot_loop_delay
+        if ack is not None:  # already playing: the reply's first audio
+            reply.clauses.insert(0, ack)
+            reply.fillers.append(ack.text)
+            reply.first_audio_at = self._ack_at
 
     def _act(self, actions: list[TurnAction]) -> None:
         assert self._asr is not None and self._ears is not None
@@ -369,6 +402,7 @@ class CallLoop:
                 self._asr.open(self._utterance, preroll)
                 self._asr_open = True
                 self._asr_quiet = False
+                self._prepared_text = ""
             elif isinstance(action, PrepareFinal):
                 self._asr_quiet = True
                 self._asr.prepare(action.seq)
@@ -381,6 +415,7 @@ class CallLoop:
                 self._last_activity = self._now
                 if action.reset_vad:
                     self._ears.reset()
+                self._maybe_acknowledge()
             elif isinstance(action, DropUtterance):
                 self._asr.cancel()
                 self._asr_open = False
@@ -492,6 +527,8 @@ class CallLoop:
             return
         try:
             if isinstance(event, Say):
+                if reply.first_say_at is None:
+                    reply.first_say_at = self._now
                 self._add_clause(reply, event.text)
             elif isinstance(event, ToolStarted):
                 reply.tools.append(event.name)
@@ -515,6 +552,8 @@ class CallLoop:
         reply.clauses.append(clause)
         cached = self.services.phrases.get(text)
         if cached is not None:
+            if reply.first_chunk_at is None:
+                reply.first_chunk_at = self._now
             clause.chunks.append(cached)
             clause.complete = True
             self._pump(reply)
@@ -534,6 +573,12 @@ class CallLoop:
     def _on_tts_chunk(self, reply: _Reply, clause: _Clause, pcm: np.ndarray) -> None:
         if reply.cancelled or clause.complete:
             return
+        if reply.first_chunk_at is None:
+            reply.first_chunk_at = self._now
+        if (not clause.chunks and reply.content_ready_at is None
+                and clause is next((c for c in reply.clauses if c.spoken), None)):
+            # The reply's first words: no dead air in front of them.
+            pcm = _trim_silence(pcm, lead_s=self.config.phrase_edge_s, tail_s=None)
         clause.chunks.append(pcm)
         self._pump(reply)
 
@@ -567,6 +612,8 @@ class CallLoop:
                     reply.first_audio_at = heard_at
                 if clause.spoken and reply.first_content_at is None:
                     reply.first_content_at = heard_at
+                    reply.content_ready_at = self._now
+                    self._learn_content_time(reply)
             if not clause.complete:
                 return
 
@@ -642,6 +689,9 @@ class CallLoop:
             started_at=reply.ref_at, end_of_turn_ms=reply.end_of_turn_ms,
             asr_final_ms=reply.asr_final_ms, first_audio_ms=since(reply.first_audio_at),
             first_content_ms=since(reply.first_content_at), fillers=tuple(reply.fillers),
+            llm_first_token_ms=since(reply.first_say_at),
+            tts_first_chunk_ms=since(reply.first_chunk_at),
+            first_rtp_ms=since(reply.content_ready_at),
             reply_text=reply.reply_text(), played_text=played, interrupted=interrupted,
             tools=tuple(reply.tools), outcome=outcome,
         )
@@ -680,12 +730,15 @@ class CallLoop:
     def _maybe_filler(self, reply: _Reply, now: float) -> None:
         cfg = self.config
         if reply.kind not in ("speech", "dtmf") or len(reply.fillers) >= min(
-                cfg.max_fillers_per_turn, len(cfg.fillers)):
+                cfg.max_fillers_per_turn, len(cfg.fillers)) + (1 if self._acked(reply) else 0):
             return
         if reply.tool_running:
             due = (reply.idle_since or now) + cfg.tool_filler_after_s
         elif reply.first_audio_at is None:
             due = reply.ref_at + cfg.filler_after_s
+        elif reply.first_content_at is None and reply.idle_since is not None:
+            # Only an acknowledgement (or a filler) so far, and the line has gone quiet.
+            due = max(reply.idle_since + cfg.filler_after_ack_s, reply.ref_at + cfg.filler_after_s)
         else:
             return  # between clauses of a streaming reply: the next one is coming
         if now < due:
@@ -698,12 +751,81 @@ class CallLoop:
         choice = cfg.fillers[1 % len(cfg.fillers)] if reply.tool_running else cfg.fillers[0]
         if choice in reply.fillers:
             choice = next((f for f in cfg.fillers if f not in reply.fillers), choice)
-        audio = self.services.phrases.get(choice)
+        audio = self._phrase(choice)
         if audio is None or choice in reply.fillers:
             return
         reply.fillers.append(choice)
         reply.clauses.insert(index, _Clause(choice, spoken=False, chunks=[audio], complete=True))
         self._pump(reply)
+
+    def _acked(self, reply: _Reply) -> bool:
+        return bool(reply.fillers) and reply.fillers[0] in self.config.acknowledgements
+
+    # -- acknowledgements ------------------------------------------------------------------
+
+    def _maybe_acknowledge(self) -> None:
+        """At the end of the caller's turn: "Sure." now, when the reply's words are expected
+        late and nothing else is playing."""
+        cfg = self.config
+        threshold = cfg.ack_when_content_after_s
+        if (threshold is None or not cfg.acknowledgements or self._reply is not None
+                or self._transferring or int(self.media.queued_samples) > 0
+                or not self._prepared_text.strip() or self._content_estimate < threshold):
+            return
+        for offset in range(len(cfg.acknowledgements)):
+            text = cfg.acknowledgements[(self._acks + offset) % len(cfg.acknowledgements)]
+            audio = self._phrase(text)
+            if audio is not None:
+                break
+        else:
+            return
+        self._acks += 1
+        start = self._position()
+        self.media.send(audio)
+        self._ack = _Clause(text, spoken=False, chunks=[audio], complete=True, sent=1,
+                            spans=[(start, start + audio.size)])
+        self._ack_at = self._now
+
+    def _learn_content_time(self, reply: _Reply) -> None:
+        """Follow how long the reply's words take to be ready after the end of the turn."""
+        if reply.kind != "speech" or reply.decided_at is None or reply.content_ready_at is None:
+            return
+        seconds = max(0.0, reply.content_ready_at - reply.decided_at)
+        alpha = self.config.content_ewma_alpha
+        self._content_estimate += alpha * (seconds - self._content_estimate)
+
+    def _phrase(self, text: str) -> np.ndarray | None:
+        """A cached phrase without its silent edges (a filler must not add dead air)."""
+        if text not in self._trimmed:
+            audio = self.services.phrases.get(text)
+            if audio is None:
+                return None  # not cached (yet): asked again next time
+            edge = self.config.phrase_edge_s
+            self._trimmed[text] = _trim_silence(audio, lead_s=edge, tail_s=edge)
+        return self._trimmed[text]
+
+    async def _warm_phrases(self, texts: list[str]) -> None:
+        """Synthesise phrases the start-up did not cache, through the shared TTS queue."""
+        assert self._loop is not None
+        loop = self._loop
+        for text in texts:
+            done = asyncio.Event()
+            chunks: list[np.ndarray] = []
+
+            def on_chunk(pcm: np.ndarray, chunks: list[np.ndarray] = chunks) -> None:
+                chunks.append(pcm)
+
+            def on_done(error: BaseException | None, done: asyncio.Event = done) -> None:
+                try:
+                    loop.call_soon_threadsafe(done.set)
+                except RuntimeError:
+                    pass
+
+            self.services.tts.submit(TtsJob(f"{self.call_ref}-warm", text, CancelToken(),
+                                            on_chunk, on_done))
+            await done.wait()
+            if chunks and self.services.phrases.get(text) is None:
+                self.services.phrases.add(text, np.concatenate(chunks))
 
     def _reprompt_after(self) -> float:
         if self.config.reprompt_after_s is not None:
@@ -770,6 +892,8 @@ class CallLoop:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._prefiller is not None:
+            self._prefiller.stop()
         if self._asr is not None:
             self._asr.stop()
         if self._ears is not None:
@@ -806,6 +930,33 @@ class CallLoop:
     @property
     def records(self) -> list[TurnRecord]:
         return list(self._records)
+
+
+def _takes(function: Callable[..., Any], name: str) -> bool:
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _trim_silence(pcm: np.ndarray, *, lead_s: float | None, tail_s: float | None,
+                  floor: float = 100.0) -> np.ndarray:
+    """`pcm` without leading/trailing 10 ms blocks quieter than `floor` RMS (~-50 dBFS),
+    keeping `lead_s`/`tail_s` of them at each end (None: leave that end alone)."""
+    block = TELEPHONE_RATE // 100
+    count = pcm.size // block
+    if count == 0:
+        return pcm
+    blocks = pcm[:count * block].astype(np.float32).reshape(count, block)
+    loud = np.nonzero(np.sqrt(np.mean(blocks * blocks, axis=1)) > floor)[0]
+    if loud.size == 0:
+        return pcm
+    start, end = 0, pcm.size
+    if lead_s is not None:
+        start = max(0, int(loud[0]) * block - int(lead_s * TELEPHONE_RATE))
+    if tail_s is not None:
+        end = min(pcm.size, (int(loud[-1]) + 1) * block + int(tail_s * TELEPHONE_RATE))
+    return pcm[start:end] if (start, end) != (0, pcm.size) else pcm
 
 
 def agent_handler(services: AgentServices) -> Callable[[Any], Awaitable[None]]:

@@ -117,11 +117,8 @@ class ScheduledLlm:
         self.gate = gate or LlmGate()
         self.name = getattr(backend, "name", "llm")
         prefill = getattr(backend, "prefill", None)
-        try:
-            self._prefill_stops = callable(prefill) and "stop" in inspect.signature(
-                prefill).parameters
-        except (TypeError, ValueError):
-            self._prefill_stops = False
+        self._prefill_stops = _has_parameter(prefill, "stop")
+        self._prefill_schema = _has_parameter(prefill, "schema")
 
     def generate(self, messages: Any, schema: Any, **kwargs: Any) -> Any:
         cancel = kwargs.get("cancel")
@@ -133,23 +130,34 @@ class ScheduledLlm:
         finally:
             self.gate.release()
 
-    def prefill(self, messages: Any) -> None:
+    def prefill(self, messages: Any, *, schema: Any = None) -> None:
+        """The backend's prefill when the model is idle (skipped otherwise); `schema` (the
+        whole prompt a generate will use) only reaches backends that take it."""
         if not self.gate.try_acquire():
             self.gate.stats.prefills_skipped += 1
             return
         try:
             self.gate.stats.prefills += 1
+            kwargs: dict[str, Any] = {}
             if self._prefill_stops:
                 # A generate waits on the gate, not on the backend's own lock, so the
                 # backend cannot see it: tell the prefill to stop for it.
-                self.backend.prefill(messages, stop=lambda: self.gate.has_waiters)
-            else:
-                self.backend.prefill(messages)
+                kwargs["stop"] = lambda: self.gate.has_waiters
+            if schema is not None and self._prefill_schema:
+                kwargs["schema"] = schema
+            self.backend.prefill(messages, **kwargs)
         finally:
             self.gate.release()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.backend, name)
+
+
+def _has_parameter(function: Any, name: str) -> bool:
+    try:
+        return callable(function) and name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 # ---- TTS -------------------------------------------------------------------------------------

@@ -284,3 +284,56 @@ class DialogWorker:
         finally:
             self.finished.set()
             post(self._loop, self._on_done, error)
+
+
+class Prefiller:
+    """Runs the dialog's `prefill(text, final=...)` on one thread, newest request first.
+
+    Partial transcripts arrive faster than a small CPU evaluates them: a request that comes
+    while one runs replaces any still waiting (only the latest words matter), and a final
+    request (the prepared transcript) is never replaced by a partial."""
+
+    def __init__(self, prefill: Callable[..., None], *, final_kw: bool,
+                 name: str = "prefill") -> None:
+        self._prefill = prefill
+        self._final_kw = final_kw
+        self._cond = threading.Condition()
+        self._next: tuple[str, bool] | None = None
+        self._stopped = False
+        self.done = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def request(self, text: str, *, final: bool = False) -> None:
+        if final and not self._final_kw:
+            final = False
+        with self._cond:
+            if self._next is not None and self._next[1] and not final:
+                return  # a final request waits: the partial is older news
+            self._next = (text, final)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._next = None
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._next is None and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                assert self._next is not None
+                text, final = self._next
+                self._next = None
+            try:
+                if final:
+                    self._prefill(text, final=True)
+                else:
+                    self._prefill(text)
+            except Exception as exc:  # speculative work: a failure costs only the speed-up
+                log.debug("prefill failed: %s", exc)
+            self.done += 1

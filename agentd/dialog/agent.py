@@ -177,6 +177,7 @@ class ScriptedLlm:
         self.calls: list[list[ChatMessage]] = []
         self.schemas: list[JsonDict] = []
         self.prefilled: list[list[ChatMessage]] = []
+        self.prefill_schemas: list[JsonDict | None] = []
 
     def push(self, *replies: ScriptItem) -> None:
         self._replies.extend(replies)
@@ -223,8 +224,9 @@ class ScriptedLlm:
         )
         return text, stats
 
-    def prefill(self, messages: list[ChatMessage]) -> None:
+    def prefill(self, messages: list[ChatMessage], *, schema: JsonDict | None = None) -> None:
         self.prefilled.append(list(messages))
+        self.prefill_schemas.append(schema)
 
 
 # ---- the engine -----------------------------------------------------------------------------
@@ -555,6 +557,29 @@ class DialogSession:
             tool_calls=tuple(self.tool_calls),
         )
 
+    def prefill(self, caller_text: str, *, final: bool = False) -> None:
+        """Evaluate the prompt `turn(caller_text)` would send into the model's KV cache now,
+        while the caller is still speaking (blocking: run it off the call's event loop).
+
+        `final`: the text is most likely the whole turn (the prepared final transcript), so
+        the prompt is prefilled as the model will start writing its reply (generation prompt
+        and say opening, where the backend supports that); otherwise the caller's message is
+        left open for more words. Changes nothing in the session: the history, transcript and
+        what `turn()` produces are the same with or without it."""
+        prefill = getattr(self.engine.llm, "prefill", None)
+        text = " ".join(caller_text.split())
+        if not callable(prefill) or not text or self.finished or self._closing is not None:
+            return
+        if not self._greeted:
+            return  # turn() would add the greeting first; not worth predicting
+        history = [*self.history, caller_entry(text)]
+        messages = self._messages(history)
+        pending = self._pending is not None and is_affirmative(text)
+        if final and not pending and _accepts_schema(prefill):
+            prefill(messages, schema=self.engine.schema)  # the schema _think starts with
+        else:
+            prefill(messages)
+
     def cancel_turn(self) -> None:
         """Stop the model at its next token (hang-up); safe from any thread."""
         if self._cancel is not None:
@@ -613,19 +638,21 @@ class DialogSession:
         except _Escalated:
             return
 
+    def _messages(self, history: list[HistoryEntry]) -> list[ChatMessage]:
+        """The model's view of `history` (one place, so prefill sends what turn sends)."""
+        engine = self.engine
+        fit = getattr(engine.llm, "fit", None)
+        if callable(fit):  # the backend counts real tokens and keeps its cached prefix
+            return list(fit(build_messages(engine.system_prompt, history), engine.max_tokens))
+        return build_messages(engine.system_prompt, history, max_chars=engine.context_chars)
+
     def _generate(self, schema: JsonDict | None) -> Generator[DialogEvent, None, AgentReply | None]:
         """Run the model in a helper thread, yielding Say per clause as "say" streams; the
         parsed reply (None on failure, cancellation or an undeclared action)."""
         engine = self.engine
         tools = engine.tool_parameters if schema is not None else {}
         schema = schema if schema is not None else engine.schema_without_tools
-        fit = getattr(engine.llm, "fit", None)
-        if callable(fit):  # the backend counts real tokens and keeps its cached prefix
-            messages = fit(build_messages(engine.system_prompt, self.history), engine.max_tokens)
-        else:
-            messages = build_messages(
-                engine.system_prompt, self.history, max_chars=engine.context_chars
-            )
+        messages = self._messages(self.history)
         cancel = Cancel()
         self._cancel = cancel
         events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
@@ -995,6 +1022,15 @@ class DialogSession:
 
 
 _NAME_KEY = re.compile(r"(?:^|_)(?:name|surname|customer|company)$")
+
+
+def _accepts_schema(prefill: Callable[..., Any]) -> bool:
+    import inspect
+
+    try:
+        return "schema" in inspect.signature(prefill).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _cut_inside_say(text: str) -> bool:

@@ -3,7 +3,10 @@
 What makes a turn fast on two CPU cores:
 - KV-cache reuse: each turn's prompt (system prompt + conversation) is compared token by token
   with what the context already holds, and only the new tail is evaluated. `prefill` does the
-  same ahead of time (while the caller still speaks) and yields to a waiting `generate`.
+  same ahead of time (while the caller still speaks) and yields to a waiting `generate`; given
+  the turn's schema it evaluates the whole prompt `generate` would (generation prompt and say
+  opening included), and the logits of its last token are kept, so a `generate` of exactly
+  that prompt starts sampling without evaluating anything.
 - The prompt ends with the opening of the say field (`{"say":"`), so the first generated
   tokens are words to speak; `on_say` gets them decoded as they come.
 - Grammar check on the chosen token only: the grammar is applied to the whole vocabulary only
@@ -276,6 +279,7 @@ class LlamaBackend:
         self.last_stats: GenerationStats | None = None
         self.last_grammar_fallbacks = 0  # tokens of the last reply that needed the full mask
         self._memory = _TokenMemory()
+        self._logits_at = -1  # context length whose last token's logits are current
         self._lock = threading.RLock()
         self._waiting = 0  # generate calls waiting for the lock: prefill yields to them
         self._waiting_lock = threading.Lock()
@@ -356,6 +360,8 @@ class LlamaBackend:
         """Make the context hold exactly `tokens`; return how many were already cached."""
         cached = self._cached_prefix(tokens)
         if need_logits and cached == len(tokens):
+            if self._llm.n_tokens == cached == self._logits_at:
+                return cached  # a prefill of exactly this prompt left its logits current
             cached -= 1  # re-evaluate the last token to get fresh logits
         self._llm.n_tokens = cached  # eval() drops the KV entries after this point
         self._eval(tokens[cached:])
@@ -364,28 +370,39 @@ class LlamaBackend:
     def _eval(self, tokens: Sequence[int]) -> None:
         if not tokens:
             return
+        self._logits_at = -1
         try:
             self._llm.eval(list(tokens))
         except RuntimeError as exc:
             raise LlmError(f"llama.cpp could not evaluate the prompt: {exc}") from None
+        self._logits_at = self._llm.n_tokens
 
     def prefill(
-        self, messages: list[ChatMessage], *, stop: Callable[[], bool] | None = None
+        self,
+        messages: list[ChatMessage],
+        *,
+        stop: Callable[[], bool] | None = None,
+        schema: JsonDict | None = None,
     ) -> None:
-        """Evaluate the prompt of `messages` (the last one still open) into the KV cache.
+        """Evaluate the prompt of `messages` into the KV cache ahead of a `generate`.
 
-        Stops early when a `generate` is waiting (or `stop()` is true: a caller's gate has a
-        waiter), so it never delays a reply by more than one small batch."""
+        Without `schema` the last caller (or tool) message stays open: more words may follow.
+        With the turn's `schema` the prompt is exactly what `generate(messages, schema)` will
+        evaluate (generation prompt and say opening included), so that generate samples at
+        once. Stops early when a `generate` is waiting (or `stop()` is true: a caller's gate
+        has a waiter), so it never delays a reply by more than one small batch."""
         if not messages:
             return
         with self._lock:
             last = messages[-1]
-            if last.role in ("user", "tool"):
+            if schema is not None:
+                tokens = self._prompt_tokens(messages, schema)[0]
+            elif last.role in ("user", "tool"):
                 marked = [*messages[:-1], ChatMessage(last.role, last.content + _SENTINEL)]
                 text = self.render(marked, add_generation_prompt=False).split(_SENTINEL)[0]
+                tokens = self._tokenize_prompt(text)
             else:
-                text = self.render(messages, add_generation_prompt=True)
-            tokens = self._tokenize_prompt(text)
+                tokens = self._tokenize_prompt(self.render(messages, add_generation_prompt=True))
             if len(tokens) >= self.n_ctx:
                 return
             done = self._cached_prefix(tokens)

@@ -100,3 +100,44 @@ def test_gate_has_waiters() -> None:
     gate.release()
     waiter.join(2.0)
     assert not gate.has_waiters
+
+
+def test_final_prefill_through_the_gate_reaches_the_backend_with_the_schema() -> None:
+    llm = ScriptedLlm(['{"say":"Yes.","action":{"type":"none"}}'])
+    engine = DialogEngine(parse_policy(POLICY), ScheduledLlm(llm), {})
+    session = engine.new_session()
+    session.greeting()
+    session.prefill("Are you open on", final=False)
+    session.prefill("Are you open on Saturday?", final=True)
+    assert llm.prefill_schemas == [None, engine.schema]
+    list(session.turn("Are you open on Saturday?"))
+    assert llm.prefilled[1] == llm.calls[0]
+
+
+def test_prefiller_runs_the_newest_request_and_keeps_a_waiting_final() -> None:
+    from agentd.call.workers import Prefiller
+
+    started = threading.Event()
+    release = threading.Event()
+    seen: list[tuple[str, bool]] = []
+
+    def prefill(text: str, *, final: bool = False) -> None:
+        seen.append((text, final))
+        started.set()
+        release.wait(5)
+
+    worker = Prefiller(prefill, final_kw=True)
+    try:
+        worker.request("I'd")
+        assert started.wait(5)
+        worker.request("I'd like")  # replaced by the next one while the first runs
+        worker.request("I'd like to book.", final=True)
+        worker.request("I'd like to book")  # a partial never replaces a waiting final
+        release.set()
+        deadline = time.monotonic() + 5
+        while worker.done < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        assert seen == [("I'd", False), ("I'd like to book.", True)]
+    finally:
+        worker.stop()

@@ -62,7 +62,8 @@ class Call:
         phrases.add("One moment.", np.full(3600, 800, np.int16))
         phrases.add("Let me check that.", np.full(4400, 900, np.int16))
         base = CallLoopConfig(vad=VadConfig(min_speech_ms=200, end_of_turn_ms=400),
-                              filler_after_s=100.0, reprompt_after_s=100.0)
+                              filler_after_s=100.0, reprompt_after_s=100.0,
+                              ack_when_content_after_s=None)
         self.config = replace(base, **config)  # type: ignore[arg-type]
         self.services = AgentServices(
             vad=self.vad, asr=FakeAsr(PHRASES), tts=self.tts, phrases=phrases,
@@ -315,3 +316,124 @@ async def test_failed_transfer_follows_the_dialog() -> None:
         assert "Sorry, nobody is free." in call.tts_engine.texts
         last = call.observer.turns[-1]
         assert last.kind == "transfer_failed" and last.played_text == "Sorry, nobody is free."
+
+
+# ---- acknowledgements, fillers after them, prefill, the latency breakdown -------------------
+
+
+def _with_ack_phrases(call: Call) -> None:
+    call.services.phrases.add("Sure.", np.full(2400, 600, np.int16))
+    call.services.phrases.add("Okay.", np.full(2800, 650, np.int16))
+
+
+async def test_slow_reply_is_acknowledged_at_the_end_of_the_turn() -> None:
+    session = FakeSession()
+    release, block = wait_block()
+    session.scripts.append([block, Say("You're booked for Tuesday.")])
+    async with Call(session, ack_when_content_after_s=0.5, filler_after_s=100.0,
+                    filler_after_ack_s=100.0) as call:
+        _with_ack_phrases(call)
+        await call.greeted()
+        call.media.say(1000, 0.8)
+        await call.until(lambda: any(size == 2400 for _, size in call.media.sends))
+        await asyncio.sleep(0.05)
+        release.set()
+        await call.until(lambda: bool(call.speech_records()))
+        record = call.speech_records()[0]
+        assert record.fillers == ("Sure.",)
+        # Said at the end-of-turn decision (fast path, ~200 ms into the silence).
+        assert record.first_audio_ms is not None and record.end_of_turn_ms is not None
+        assert abs(record.first_audio_ms - record.end_of_turn_ms) <= 60
+        assert record.first_content_ms is not None
+        assert record.first_content_ms >= record.first_audio_ms + 300  # after "Sure." played
+        assert record.played_text == "You're booked for Tuesday."  # not the dialog's words
+        assert session.turns == [(BOOK, False)]
+
+
+async def test_content_waits_only_for_the_rest_of_the_acknowledgement() -> None:
+    session = FakeSession()
+    session.scripts.append([Say("Tuesday is free.")])
+    async with Call(session, ack_when_content_after_s=0.5) as call:
+        _with_ack_phrases(call)
+        await call.greeted()
+        call.media.say(1000, 0.8)
+        await call.until(lambda: bool(call.speech_records()))
+        record = call.speech_records()[0]
+        assert record.fillers == ("Sure.",)
+        assert record.first_audio_ms is not None and record.first_content_ms is not None
+        # The content was ready at once and went out right behind the 300 ms "Sure.".
+        assert record.first_content_ms - record.first_audio_ms <= 300 + 60
+        assert record.first_rtp_ms is not None
+        assert record.first_rtp_ms < record.first_content_ms
+
+
+async def test_no_acknowledgement_once_replies_come_fast() -> None:
+    session = FakeSession()
+    for _ in range(2):
+        session.scripts.append([Say("Yes.")])
+    async with Call(session, ack_when_content_after_s=0.5, content_ewma_alpha=1.0) as call:
+        _with_ack_phrases(call)
+        await call.greeted()
+        call.media.say(1000, 0.8)
+        await call.until(lambda: len(call.speech_records()) == 1)
+        call.media.pause(0.5)
+        call.media.say(1000, 0.8)
+        await call.until(lambda: len(call.speech_records()) == 2)
+        first, second = call.speech_records()
+        assert first.fillers == ("Sure.",)  # nothing measured yet: the initial estimate
+        assert second.fillers == ()  # the first reply's words were ready at once
+        assert second.first_content_ms == second.first_audio_ms
+
+
+async def test_a_filler_follows_the_acknowledgement_when_the_wait_goes_on() -> None:
+    session = FakeSession()
+    release, block = wait_block()
+    session.scripts.append([block, Say("Found it.")])
+    async with Call(session, ack_when_content_after_s=0.5, filler_after_s=0.5,
+                    filler_after_ack_s=0.4) as call:
+        _with_ack_phrases(call)
+        await call.greeted()
+        call.media.say(1000, 0.8)
+        await call.until(lambda: any(size == 3600 for _, size in call.media.sends))
+        release.set()
+        await call.until(lambda: bool(call.speech_records()))
+        record = call.speech_records()[0]
+        assert record.fillers == ("Sure.", "One moment.")
+        sends = {size: tick for tick, size in call.media.sends}
+        # "One moment." only after "Sure." (300 ms = 15 ticks) and 0.4 s of quiet.
+        assert sends[3600] - sends[2400] >= 15 + 20 - 2
+
+
+async def test_prefill_gets_the_prepared_final_and_the_latency_breakdown_is_filled() -> None:
+    class PrefillSession(FakeSession):
+        def __init__(self) -> None:
+            super().__init__()
+            self.prefills: list[tuple[str, bool]] = []
+
+        def prefill(self, text: str, *, final: bool = False) -> None:
+            self.prefills.append((text, final))
+
+    session = PrefillSession()
+    session.scripts.append([Say("Sure."), Say("Which day suits you?")])
+    async with Call(session) as call:
+        await call.greeted()
+        call.media.say(1000, 0.8)
+        await call.until(lambda: bool(call.speech_records()))
+        assert (BOOK, True) in session.prefills
+        record = call.speech_records()[0]
+        assert record.llm_first_token_ms is not None and record.tts_first_chunk_ms is not None
+        assert record.first_audio_ms is not None
+        assert record.end_of_turn_ms is not None
+        assert record.end_of_turn_ms <= record.llm_first_token_ms <= record.tts_first_chunk_ms
+        assert record.tts_first_chunk_ms <= record.first_audio_ms
+
+
+def test_trim_silence_keeps_the_edges_asked_for() -> None:
+    from agentd.call.loop import _trim_silence
+
+    pcm = np.concatenate([np.zeros(800, np.int16), np.full(1600, 3000, np.int16),
+                          np.zeros(2400, np.int16)])
+    both = _trim_silence(pcm, lead_s=0.01, tail_s=0.02)
+    assert both.size == 80 + 1600 + 160
+    assert _trim_silence(pcm, lead_s=0.0, tail_s=None).size == 1600 + 2400
+    assert _trim_silence(np.zeros(1000, np.int16), lead_s=0.0, tail_s=0.0).size == 1000

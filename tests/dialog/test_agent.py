@@ -712,3 +712,63 @@ def test_invented_name_argument_is_not_acted_on() -> None:
     assert "John Doe" in json.loads(call.llm.calls[1][-1].content)["error"]
     events = call.turn("James O'Conner, third of May 1985")  # ASR spelling still matches
     assert [s.arguments["name"] for s in only(events, ToolStarted)] == ["James O'Connor"]
+
+
+# ---- prefill --------------------------------------------------------------------------------
+
+
+def _conversation(prefill: bool) -> tuple[Call, list[list[DialogEvent]]]:
+    script = [reply("Sure, which day?"), reply("Tuesday at 9 is free.")]
+    call = Call(list(script))
+    turns = []
+    for partial, final in (("I'd like to", "I'd like to book a cleaning."),
+                           ("Is Tuesday", "Is Tuesday possible?")):
+        if prefill:
+            call.session.prefill(partial)
+            call.session.prefill(final, final=True)
+        turns.append(call.turn(final))
+    return call, turns
+
+
+def test_prefill_sends_exactly_the_messages_the_turn_will_send() -> None:
+    call, _ = _conversation(prefill=True)
+    llm = call.llm
+    assert len(llm.prefilled) == 4 and len(llm.calls) == 2
+    # The final prefill is the turn's prompt, with the schema the turn starts with.
+    assert llm.prefilled[1] == llm.calls[0] and llm.prefilled[3] == llm.calls[1]
+    assert llm.prefill_schemas[1] == llm.schemas[0] == call.engine.schema
+    # A partial leaves the caller's message open (no schema): the words so far.
+    assert llm.prefill_schemas[0] is None and llm.prefilled[0][-1].role == "user"
+    assert "I'd like to" in llm.prefilled[0][-1].content
+    assert llm.prefilled[0][:-1] == llm.calls[0][:-1]
+
+
+def test_prefill_changes_nothing_in_the_session() -> None:
+    plain, plain_turns = _conversation(prefill=False)
+    primed, primed_turns = _conversation(prefill=True)
+    assert [says(t) for t in primed_turns] == [says(t) for t in plain_turns]
+    assert primed.llm.calls == plain.llm.calls
+    assert primed.session.history == plain.session.history
+    assert primed.session.transcript == plain.session.transcript
+    assert primed.session.stats.llm_calls == plain.session.stats.llm_calls == 2
+
+
+def test_prefill_is_skipped_when_the_model_will_not_be_asked() -> None:
+    call = Call([reply("Bye.", {"type": "end_call", "reason": "done"})])
+    call.session.prefill("   ")
+    assert call.llm.prefilled == []
+    call.turn("That's all, thanks.")
+    call.session.prefill("hello again", final=True)  # the call is over
+    assert call.llm.prefilled == []
+
+
+def test_prefill_without_a_backend_hook_is_a_no_op() -> None:
+    class NoPrefill:
+        name = "plain"
+
+        def generate(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("prefill must not generate")
+
+    call = Call()
+    call.engine.llm = NoPrefill()
+    call.session.prefill("I'd like to book", final=True)  # nothing to do, nothing raised

@@ -159,6 +159,24 @@ def test_prefill_evaluates_the_caller_partial_text_ahead(backend: LlamaBackend) 
     assert stats.cached_tokens > len(prefix) + 5  # system prompt and most of the caller text
 
 
+def test_prefill_with_the_schema_leaves_nothing_to_evaluate(backend: LlamaBackend) -> None:
+    turn = chat("Do you open on Saturdays?")
+    expected, _ = backend.generate(turn, SCHEMA)
+    backend.generate(chat(CALLER_LINES[1]), SCHEMA)  # something else in the cache first
+    backend.prefill(turn, schema=SCHEMA)
+    reply, stats = backend.generate(turn, SCHEMA)
+    assert stats.cached_tokens == stats.prompt_tokens  # not even the last token again
+    assert reply == expected  # the kept logits are the ones a fresh evaluation gives
+
+
+def test_prefill_of_another_text_still_gives_the_same_reply(backend: LlamaBackend) -> None:
+    turn = chat("Can I come in on Monday?")
+    expected, _ = backend.generate(turn, SCHEMA)
+    backend.prefill(chat("Can I come in on Monday morning instead?"), schema=SCHEMA)
+    reply, stats = backend.generate(turn, SCHEMA)
+    assert reply == expected and stats.cached_tokens < stats.prompt_tokens
+
+
 def test_schema_without_say_first_still_constrains(backend: LlamaBackend) -> None:
     schema = {
         "type": "object",
