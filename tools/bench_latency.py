@@ -12,8 +12,14 @@ timed on arrival.
                    its first non-filler audio for that turn (records store, `response_ms` and
                    `first_content_ms`: the loop knows which audio was a filler; on the wire
                    both are paced in real time, so the gap is the same)
-  barge-in stop  = caller's first voiced packet (sent ~1 s into an agent reply) -> the last
-                   voiced agent packet before 100 ms of silence
+  barge-in stop  = caller's first voiced packet -> the last voiced agent packet before
+                   100 ms of silence. The caller starts talking only while the agent is
+                   surely speaking (>= 1 s after the reply's first voiced packet, and a voiced
+                   agent packet in the last 40 ms); a barge-in that found the agent silent is
+                   not a stop time and is counted apart ("missed").
+  breakdown      = the call loop's own per-turn record (p50, ms from the caller's speech
+                   end on the loop clock): end of turn, final transcript, the model's first
+                   clause, its first audio, content handed to RTP, first audio, content
 
 Runs each concurrency level (calls at once) with --turns caller turns in all, every
 --barge-every'th turn a barge-in; prints a table, writes a PNG histogram. Bounded: every
@@ -56,6 +62,9 @@ QUESTIONS = (
     "Are you open on Saturday morning?",
 )
 BARGE_IN = "Sorry, wait a moment."
+LONG_QUESTION = "Where are you, and is there parking nearby?"  # a reply of several seconds
+BREAKDOWN = ("eos_detect_ms", "asr_final_ms", "llm_first_token_ms", "tts_first_chunk_ms",
+             "first_rtp_ms", "response_ms", "first_content_ms")
 TURNS_PER_CALL = 5
 
 
@@ -66,12 +75,14 @@ class Sample:
     first_content_ms: float | None = None
     loop_first_audio_ms: float | None = None
     loop_first_content_ms: float | None = None
+    breakdown: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
 class Results:
     turns: list[Sample] = field(default_factory=list)
     barge_ins: list[tuple[int, float]] = field(default_factory=list)  # (concurrency, ms)
+    barge_missed: list[int] = field(default_factory=list)  # concurrency of each miss
     failures: list[str] = field(default_factory=list)
 
 
@@ -90,7 +101,8 @@ async def one_call(rig: AgentRig, concurrency: int, turns: int, barge_every: int
         for turn in range(1, turns + 1):
             if time.monotonic() > deadline:
                 break
-            text = QUESTIONS[(turn - 1) % len(QUESTIONS)]
+            barge_turn = bool(barge_every and turn % barge_every == 0)
+            text = LONG_QUESTION if barge_turn else QUESTIONS[(turn - 1) % len(QUESTIONS)]
             said = await caller.say(caller_speech(text, tail_s=0.1))
             first = await caller.wait_voice(said.last_voiced, timeout=20)
             sample = Sample(concurrency)
@@ -99,19 +111,21 @@ async def one_call(rig: AgentRig, concurrency: int, turns: int, barge_every: int
                 continue
             sample.first_sound_ms = (first.time - said.last_voiced) * 1000
             measured.append((turn, sample))
-            if barge_every and turn % barge_every == 0:
-                # Talk over the reply once it has played ~1 s of content.
+            if barge_turn:
+                # Talk over the reply once it has played ~1 s, at a moment it is speaking.
                 await asyncio.sleep(1.0)
-                if rig.wait_turn_logged(ref, turn, 0.0):
-                    continue  # the reply was already over: nothing to barge into
-                barge = await caller.say(caller_speech(BARGE_IN, tail_s=0.0))
-                stop = await caller.wait_silent_from(barge.first_voiced, quiet_s=0.1, timeout=5)
-                if stop is not None:
-                    results.barge_ins.append(
-                        (concurrency, max(0.0, stop - barge.first_voiced) * 1000))
-                # The barge-in itself is a caller turn: let the agent answer it.
-                await asyncio.to_thread(rig.wait_turn_logged, ref, turn, 30)
-                await caller.wait_quiet(barge.last_voiced, quiet_s=1.5, timeout=30)
+                if not await speaking_now(caller, timeout=8.0):
+                    results.barge_missed.append(concurrency)
+                else:
+                    barge = await caller.say(caller_speech(BARGE_IN, tail_s=0.0))
+                    stop = agent_stop(caller, barge.first_voiced)
+                    if stop is None:
+                        results.barge_missed.append(concurrency)
+                    else:
+                        results.barge_ins.append((concurrency, stop * 1000))
+                    # The barge-in itself is a caller turn: let the agent answer it.
+                    await asyncio.to_thread(rig.wait_turn_logged, ref, turn, 30)
+                    await caller.wait_quiet(barge.last_voiced, quiet_s=1.5, timeout=30)
                 await caller.hangup()
                 break
             await asyncio.to_thread(rig.wait_turn_logged, ref, turn, 40)
@@ -126,6 +140,7 @@ async def one_call(rig: AgentRig, concurrency: int, turns: int, barge_every: int
             if record and record["response_ms"] is not None:
                 sample.loop_first_audio_ms = record["response_ms"]
                 sample.loop_first_content_ms = record["first_content_ms"]
+                sample.breakdown = {name: record.get(name) for name in BREAKDOWN}
                 if record["first_content_ms"] is not None and sample.first_sound_ms is not None:
                     sample.first_content_ms = sample.first_sound_ms + (
                         record["first_content_ms"] - record["response_ms"])
@@ -134,6 +149,36 @@ async def one_call(rig: AgentRig, concurrency: int, turns: int, barge_every: int
         results.failures.append(f"call at concurrency {concurrency}: {exc!r}")
     finally:
         await caller.close()
+
+
+async def speaking_now(caller: ScriptedCaller, timeout: float) -> bool:
+    """Wait (bounded) until the agent's latest packet is voiced and recent."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not caller.ended.is_set():
+        heard = caller.heard[-2:]
+        if heard and all(p.voiced for p in heard) and time.monotonic() - heard[-1].time < 0.04:
+            return True
+        await asyncio.sleep(0.005)
+    return False
+
+
+def agent_stop(caller: ScriptedCaller, barge_at: float, quiet_s: float = 0.1) -> float | None:
+    """Seconds from `barge_at` to the agent's last voiced packet before `quiet_s` of
+    unvoiced packets; None when the agent was not speaking at `barge_at`."""
+    packets = [p for p in caller.heard if p.time > barge_at - 0.06]
+    if not packets or not any(p.voiced for p in packets if p.time <= barge_at + 0.02):
+        return None
+    last = barge_at
+    for packet in packets:
+        if packet.time <= barge_at:
+            continue
+        if packet.voiced:
+            if packet.time - last >= quiet_s:
+                break  # silence long enough before this: the agent had stopped
+            last = packet.time
+        elif packet.time - last >= quiet_s:
+            break
+    return max(0.0, last - barge_at)
 
 
 async def run_level(rig: AgentRig, concurrency: int, turns: int, barge_every: int,
@@ -170,12 +215,22 @@ def table(results: Results, levels: list[int]) -> str:
         loop_c = [s.loop_first_content_ms for s in samples
                   if s.loop_first_content_ms is not None]
         barge = [ms for c, ms in results.barge_ins if c == level]
+        missed = sum(1 for c in results.barge_missed if c == level)
         lines.append(
             f"{level:>5}  {len(sound):>5}  {percentile(sound, 50):>8.0f} / {percentile(sound, 95):<8.0f}"
             f"      {percentile(content, 50):>8.0f} / {percentile(content, 95):<8.0f}"
             f"      ({percentile(loop_a, 50):.0f} / {percentile(loop_c, 50):.0f})"
             f"          {percentile(barge, 50):.0f} / {max(barge) if barge else float('nan'):.0f}"
-            f" ({len(barge)})")
+            f" ({len(barge)}{f', {missed} missed' if missed else ''})")
+    lines.append("loop breakdown p50 ms: " + ", ".join(name.removesuffix("_ms") for name in
+                                                        BREAKDOWN))
+    for level in levels:
+        samples = [s for s in results.turns if s.concurrency == level]
+        values = []
+        for name in BREAKDOWN:
+            got = [s.breakdown[name] for s in samples if s.breakdown.get(name) is not None]
+            values.append(f"{percentile(got, 50):.0f}")  # type: ignore[arg-type]
+        lines.append(f"{level:>5}  " + " / ".join(values))
     return "\n".join(lines)
 
 
@@ -216,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", type=Path, default=Path("bench_latency.png"))
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--max-minutes", type=float, default=20.0)
+    parser.add_argument("--llm-threads", type=int, default=1, help="dialog.llm.threads")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     model = MODELS[args.model]
@@ -226,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-latency-"))
     results = Results()
     deadline = time.monotonic() + args.max_minutes * 60
-    print(f"model {model}; work dir {workdir}", flush=True)
-    rig = AgentRig(workdir, model=model, max_calls=max(levels)).start()
+    print(f"model {model}, {args.llm_threads} LLM thread(s); work dir {workdir}", flush=True)
+    rig = AgentRig(workdir, model=model, max_calls=max(levels),
+                   llm_threads=args.llm_threads).start()
     try:
         for level in levels:
             started = time.monotonic()
