@@ -22,6 +22,14 @@ packet) but keeps its reply. Then:
 - it stops sooner and the prepared transcript is empty (noise) or only backchannel words
   ("uh-huh", "okay", "yeah", "mm-hm"): `ResumeAgent` (the loop restarts the cut clause) and
   `DropUtterance`; otherwise `BargeIn`.
+Echo. On a line the agent's own voice comes back (line echo) and the VAD hears it as
+speech. When the loop passes `echo_only` per frame (agentd.call.echo.EchoGuard: True = the
+frame is no more than the agent's echo), confirmed speech counts as the caller's only once
+`echo_confirm_frames` frames in a row were more than echo; until then it opens nothing and
+holds nothing, and if the VAD's speech ends first it was only echo (`stats.echoes`). A
+caller talking over the agent passes the guard within a frame or two of reaching a normal
+level, usually before the VAD confirms, so real barge-ins are not slowed. Without
+`echo_only` (None) every frame counts as the caller's, as before.
 Why pause first and decide after: a backchannel and the start of a real interruption sound
 alike for their first ~400 ms, so deciding before stopping would either talk over real
 interruptions for that long or cut the agent off at every "uh-huh". Pausing on confirmed
@@ -62,6 +70,7 @@ class TurnConfig:
     backchannel_max_s: float = 0.8
     hold_max_s: float = 1.5
     backchannels: frozenset[str] = field(default=DEFAULT_BACKCHANNELS)
+    echo_confirm_frames: int = 2  # frames in a row more than echo before speech is the caller's
 
 
 # ---- actions for the loop ------------------------------------------------------------------
@@ -175,6 +184,7 @@ class TurnStats:
     barge_ins: int = 0
     backchannels: int = 0
     dropped: int = 0
+    echoes: int = 0  # VAD speech that was only the agent's echo
 
 
 class TurnTaker:
@@ -191,6 +201,9 @@ class TurnTaker:
         self._vad_end: float | None = None  # SpeechEnded.at of the current pause
         self._prepare_seq = 0
         self._prepared: str | None = None  # prepared text for _prepare_seq
+        self._caller_frames = 0  # frames in a row judged more than echo (or not judged)
+        self._caller_from = 0.0  # where that run of frames starts
+        self._echo_wait = False  # the VAD hears speech, but so far only the agent's echo
 
     # -- state the loop reads --
 
@@ -222,23 +235,41 @@ class TurnTaker:
             return [HoldAgent(now)]
         return []
 
-    def frame(self, now: float, probability: float,
-              events: Sequence[VadEvent] = ()) -> list[TurnAction]:
-        """One VAD step: its events (times already on `now`'s clock) and the probability."""
+    def frame(self, now: float, probability: float, events: Sequence[VadEvent] = (),
+              echo_only: bool | None = None) -> list[TurnAction]:
+        """One VAD step: its events (times already on `now`'s clock) and the probability;
+        `echo_only`: the echo guard found this frame no more than the agent's echo (None:
+        not judged)."""
         out: list[TurnAction] = []
         cfg = self.config
+        if echo_only:
+            self._caller_frames = 0
+            self._caller_from = now
+        else:
+            self._caller_frames += 1
+        echo = echo_only is not None and self._caller_frames < cfg.echo_confirm_frames
         for event in events:
             if isinstance(event, SpeechStarted):
                 self._vad_speaking = True
                 if self._phase is _Phase.LISTENING:
-                    self._open(now, event.at, out)
+                    if echo:
+                        self._echo_wait = True
+                    else:
+                        self._open(now, event.at, out)
                 else:  # speech again inside the turn's pause
                     self._silence_at = None
                     self._vad_end = None
             elif isinstance(event, SpeechEnded):
                 self._vad_speaking = False
+                if self._echo_wait:
+                    self._echo_wait = False
+                    self.stats.echoes += 1
                 if self._phase is _Phase.UTTERANCE:
                     self._vad_end = event.at
+        if self._echo_wait and not echo and self._phase is _Phase.LISTENING:
+            # The caller came in over the echo: their speech starts with this run of frames.
+            self._echo_wait = False
+            self._open(now, self._caller_from, out)
         if self._phase is _Phase.UTTERANCE:
             if probability >= cfg.threshold:
                 if self._silence_at is not None:
@@ -272,6 +303,7 @@ class TurnTaker:
         self._silence_at = None
         self._vad_end = None
         self._prepared = None
+        self._echo_wait = False
 
     # -- internals --
 

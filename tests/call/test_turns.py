@@ -29,13 +29,14 @@ class Driver:
         self.now = 0.0
         self.actions: list[object] = []
 
-    def run(self, seconds: float, probability: float, events: list[object] | None = None
-            ) -> list[object]:
+    def run(self, seconds: float, probability: float, events: list[object] | None = None,
+            echo_only: bool | None = None) -> list[object]:
         got: list[object] = []
         first = True
         for _ in range(max(1, round(seconds / STEP))):
             self.now = round(self.now + STEP, 6)
-            got += self.turns.frame(self.now, probability, (events or []) if first else [])
+            got += self.turns.frame(self.now, probability, (events or []) if first else [],
+                                    echo_only=echo_only)
             first = False
         self.actions += got
         return got
@@ -212,3 +213,80 @@ def test_stale_prepared_results_are_ignored() -> None:
     d.run(0.1, 0.9)
     d.run(0.3, 0.1)
     assert d.turns.prepared(d.now, old, "Yes.") == []
+
+
+# ---- echo: the agent's own voice coming back ------------------------------------------------
+
+
+def echo_confirmed(d: Driver) -> None:
+    """The agent talks; its echo goes on for 0.3 s and the VAD confirms it as speech."""
+    d.turns.agent_active(d.now, True)
+    d.run(0.3, 0.9, echo_only=True)
+    d.run(STEP, 0.9, [SpeechStarted(at=d.now - 0.2, probability=0.9)], echo_only=True)
+
+
+def test_echo_alone_never_holds_the_agent() -> None:
+    d = Driver()
+    echo_confirmed(d)
+    d.run(2.0, 0.9, echo_only=True)  # the agent talks on; its echo is "speech" throughout
+    d.run(STEP, 0.1, [SpeechEnded(at=d.now, duration=2.5)], echo_only=True)
+    d.run(1.0, 0.1, echo_only=True)
+    assert d.actions == []  # no utterance, no hold, no barge-in, no end of turn
+    assert not d.turns.in_utterance and not d.turns.holding
+    assert d.turns.stats.echoes == 1 and d.turns.stats.holds == 0
+
+
+def test_a_stray_frame_over_the_echo_does_not_hold() -> None:
+    d = Driver()
+    echo_confirmed(d)
+    d.run(STEP, 0.9, echo_only=False)  # one frame (a click) louder than echo
+    d.run(1.0, 0.9, echo_only=True)
+    assert not d.of(HoldAgent) and not d.of(OpenUtterance)
+
+
+def test_the_caller_talking_over_the_echo_holds_the_agent_within_two_frames() -> None:
+    d = Driver(TurnConfig(backchannel_max_s=0.8))
+    echo_confirmed(d)
+    d.run(0.4, 0.9, echo_only=True)
+    caller_from = d.now
+    d.run(STEP, 0.9, echo_only=False)
+    assert not d.of(HoldAgent)
+    d.run(STEP, 0.9, echo_only=False)
+    holds, opened = d.of(HoldAgent), d.of(OpenUtterance)
+    assert len(holds) == 1 and holds[0].at == d.now == round(caller_from + 2 * STEP, 6)
+    # The utterance (ASR audio) starts where the caller's voice does, not at the echo's onset.
+    assert len(opened) == 1 and opened[0].start_at == caller_from
+    d.run(0.8, 0.9, echo_only=False)  # they go on: a real interruption
+    assert [b.reason for b in d.of(BargeIn)] == ["caller kept talking"]
+
+
+def test_a_caller_already_over_the_echo_at_confirmation_holds_at_once() -> None:
+    d = Driver()
+    d.turns.agent_active(0.0, True)
+    d.run(0.3, 0.9, echo_only=False)
+    onset = d.now - 0.2
+    d.run(STEP, 0.9, [SpeechStarted(at=onset, probability=0.9)], echo_only=False)
+    holds, opened = d.of(HoldAgent), d.of(OpenUtterance)
+    assert len(holds) == 1 and holds[0].at == d.now
+    assert len(opened) == 1 and opened[0].start_at == onset  # the VAD's onset, as before
+
+
+def test_speech_after_the_agent_stops_is_the_callers_turn() -> None:
+    d = Driver()
+    echo_confirmed(d)
+    d.turns.agent_active(d.now, False)  # the reply ends; the guard sees no echo after it
+    d.run(0.1, 0.9, echo_only=True)
+    d.run(0.4, 0.9, echo_only=False)
+    assert len(d.of(OpenUtterance)) == 1 and not d.of(HoldAgent)
+    d.run(0.1, 0.1, echo_only=False)
+    d.prepared("I need to cancel.")
+    d.run(0.3, 0.1, echo_only=False)
+    assert len(d.of(EndOfTurn)) == 1
+
+
+def test_cancel_forgets_a_pending_echo() -> None:
+    d = Driver()
+    echo_confirmed(d)
+    d.turns.cancel()
+    d.run(0.1, 0.9, echo_only=False)
+    assert not d.of(OpenUtterance)  # needs a new VAD onset
