@@ -41,6 +41,10 @@ def loop_config(config: Any) -> CallLoopConfig:
         filler_after_s=call.filler_after_s,
         tool_filler_after_s=call.tool_filler_after_s,
         max_fillers_per_turn=call.max_fillers_per_turn,
+        acknowledgements=tuple(call.acknowledgements),
+        ack_when_content_after_s=call.ack_when_content_after_s,
+        filler_after_ack_s=call.filler_after_ack_s,
+        prefill=call.prefill,
         dtmf_gap_s=call.dtmf_gap_s,
         reprompt_after_s=call.reprompt_after_s,
     )
@@ -68,7 +72,8 @@ def build_services(config: Any, observer: CallObserver | None = None,
     engine.llm = ScheduledLlm(engine.llm)  # one generation at a time across calls
     engine.warm_cache()  # the shared prompt prefix, so no call's first turn evaluates it
     call_config = call_config or loop_config(config)
-    made = phrases.warm([*policy_phrases(engine.policy), *call_config.fillers])
+    made = phrases.warm([*policy_phrases(engine.policy), *call_config.fillers,
+                         *call_config.acknowledgements])
     log.info("agent ready: %s VAD, %s ASR, %s TTS, %d phrases synthesised", vad.name,
              asr.name, tts_engine.name, made)
     return AgentServices(vad=vad, asr=asr, tts=TtsScheduler(tts_engine), phrases=phrases,

@@ -431,6 +431,27 @@ class CallConfig(Section):
     max_fillers_per_turn: Integer = Field(
         2, ge=0, le=10, description="Most fillers in one reply; 0 = no fillers."
     )
+    acknowledgements: tuple[HeaderText, ...] = Field(
+        ("Sure.", "Okay."),
+        max_length=16,
+        description="Short words said at once at the end of the caller's turn when the "
+        "reply is expected to be slow; [] = none.",
+    )
+    ack_when_content_after_s: Number | None = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="Acknowledge when the reply is expected this many s or more after the "
+        "caller's turn (learnt per call); null = never.",
+    )
+    filler_after_ack_s: Number = Field(
+        0.8, ge=0, le=10, description="Dead air after an acknowledgement before a filler, in s."
+    )
+    prefill: bool = Field(
+        True,
+        description="Let the LLM read the caller's words while they still speak (faster "
+        "replies, more CPU).",
+    )
     dtmf_gap_s: Number = Field(
         1.5,
         gt=0,
@@ -486,7 +507,7 @@ class CallConfig(Section):
         "('uh-huh'); case and punctuation are ignored.",
     )
 
-    @field_validator("fillers", "backchannels")
+    @field_validator("fillers", "acknowledgements", "backchannels")
     @classmethod
     def _phrases(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for phrase in value:

@@ -45,8 +45,10 @@ def only_error(path: Path) -> str:
 def test_defaults_are_the_call_loops_defaults() -> None:
     section, loop, turns = CallConfig(), CallLoopConfig(), TurnConfig()
     assert section.fillers == loop.fillers
+    assert section.acknowledgements == loop.acknowledgements
     for name in ("filler_after_s", "tool_filler_after_s", "max_fillers_per_turn", "dtmf_gap_s",
-                 "preroll_s", "reprompt_after_s"):
+                 "preroll_s", "reprompt_after_s", "ack_when_content_after_s",
+                 "filler_after_ack_s", "prefill"):
         assert getattr(section, name) == getattr(loop, name), name
     for name in ("fast_end_of_turn_s", "incomplete_hold_s", "backchannel_max_s", "hold_max_s"):
         assert getattr(section, name) == getattr(turns, name), name
@@ -73,6 +75,10 @@ def test_every_value_reaches_the_call_loop(tmp_path: Path) -> None:
           filler_after_s: 1.4
           tool_filler_after_s: 0
           max_fillers_per_turn: 3
+          acknowledgements: ["Right."]
+          ack_when_content_after_s: null
+          filler_after_ack_s: 1.2
+          prefill: false
           dtmf_gap_s: 2.5
           preroll_s: 0.5
           reprompt_after_s: 12
@@ -87,6 +93,8 @@ def test_every_value_reaches_the_call_loop(tmp_path: Path) -> None:
     assert (built.filler_after_s, built.tool_filler_after_s, built.max_fillers_per_turn) == (
         1.4, 0.0, 3)
     assert (built.dtmf_gap_s, built.preroll_s, built.reprompt_after_s) == (2.5, 0.5, 12.0)
+    assert built.acknowledgements == ("Right.",) and built.ack_when_content_after_s is None
+    assert built.filler_after_ack_s == 1.2 and built.prefill is False
     assert built.turns == TurnConfig(
         threshold=0.6, neg_threshold=0.4, end_of_turn_s=0.7, fast_end_of_turn_s=None,
         incomplete_hold_s=0.9, backchannel_max_s=1.1, hold_max_s=2.0,
