@@ -93,8 +93,7 @@ class CallHandlers:
         self._open_observers(config)
         if not config.dialog.enabled:
             return line_test_handler(config)
-        from agentd.call.app import build_services, loop_config
-        from agentd.call.phrases import policy_phrases
+        from agentd.call.app import build_services, cached_phrases, loop_config
         from agentd.dialog.agent import DialogEngine
 
         speech_key = config.speech.model_dump_json()
@@ -117,7 +116,7 @@ class CallHandlers:
                 engine.llm = ScheduledLlm(engine.llm)
             engine.warm_cache()  # a new policy means a new system prompt to cache
             call_config = loop_config(config)
-            old.phrases.warm([*policy_phrases(engine.policy), *call_config.fillers])
+            old.phrases.warm(cached_phrases(engine.policy, call_config))
             services = dataclasses.replace(old, dialog=engine, config=call_config)
         self._services, self._speech_key, self._llm_key = services, speech_key, llm_key
         return AgentHandler(services, self)
@@ -129,7 +128,6 @@ class CallHandlers:
         from agentd.call.events import LogObserver, ObserverFanout
         from agentd.metrics import start_metrics
         from agentd.records.observer import open_records
-
         from agentd.records.store import RecordError
 
         observers: list[Any] = [LogObserver()]

@@ -14,7 +14,7 @@ from agentd.call.turns import TurnConfig
 
 log = logging.getLogger("agentd.call")
 
-__all__ = ["agent_handler", "build_services", "loop_config"]
+__all__ = ["agent_handler", "build_services", "cached_phrases", "loop_config"]
 
 
 def loop_config(config: Any) -> CallLoopConfig:
@@ -50,6 +50,11 @@ def loop_config(config: Any) -> CallLoopConfig:
     )
 
 
+def cached_phrases(policy: Any, call_config: CallLoopConfig) -> list[str]:
+    """Every fixed line a call may say: synthesised once, played from the cache."""
+    return [*policy_phrases(policy), *call_config.fillers, *call_config.acknowledgements]
+
+
 def build_services(config: Any, observer: CallObserver | None = None,
                    call_config: CallLoopConfig | None = None) -> AgentServices:
     """Load every model once (blocking: call it in a thread at start-up) and warm the
@@ -72,8 +77,7 @@ def build_services(config: Any, observer: CallObserver | None = None,
     engine.llm = ScheduledLlm(engine.llm)  # one generation at a time across calls
     engine.warm_cache()  # the shared prompt prefix, so no call's first turn evaluates it
     call_config = call_config or loop_config(config)
-    made = phrases.warm([*policy_phrases(engine.policy), *call_config.fillers,
-                         *call_config.acknowledgements])
+    made = phrases.warm(cached_phrases(engine.policy, call_config))
     log.info("agent ready: %s VAD, %s ASR, %s TTS, %d phrases synthesised", vad.name,
              asr.name, tts_engine.name, made)
     return AgentServices(vad=vad, asr=asr, tts=TtsScheduler(tts_engine), phrases=phrases,
