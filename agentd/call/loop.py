@@ -258,7 +258,8 @@ class CallLoop:
         self._hold_started: float | None = None
         self._hold_stop_ms = 0.0
         self._prefiller: Prefiller | None = None
-        self._prepared_text = ""  # the prepared final of the open (or just ended) utterance
+        # The prepared final of the open (or just ended) utterance; None: none arrived yet.
+        self._prepared_text: str | None = None
         self._ack: _Clause | None = None  # acknowledgement sent at the end of turn
         self._ack_at = 0.0
         self._acks = 0
@@ -286,6 +287,7 @@ class CallLoop:
         prefill = getattr(self.session, "prefill", None)
         if cfg.prefill and callable(prefill):
             self._prefiller = Prefiller(prefill, final_kw=_takes(prefill, "final"),
+                                        stop_kw=_takes(prefill, "stop"),
                                         name=f"prefill-{self.call_ref}")
         missing = [text for text in cfg.acknowledgements if self.services.phrases.get(text) is None]
         if missing and cfg.ack_when_content_after_s is not None:
@@ -402,10 +404,13 @@ class CallLoop:
                 self._asr.open(self._utterance, preroll)
                 self._asr_open = True
                 self._asr_quiet = False
-                self._prepared_text = ""
+                self._prepared_text = None
             elif isinstance(action, PrepareFinal):
                 self._asr_quiet = True
                 self._asr.prepare(action.seq)
+                if self._prefiller is not None:
+                    # The final transcript decides when the turn ends: give it the CPU.
+                    self._prefiller.interrupt()
             elif isinstance(action, EndOfTurn):
                 self._asr.finish()
                 self._asr_open = False
@@ -770,7 +775,8 @@ class CallLoop:
         threshold = cfg.ack_when_content_after_s
         if (threshold is None or not cfg.acknowledgements or self._reply is not None
                 or self._transferring or int(self.media.queued_samples) > 0
-                or not self._prepared_text.strip() or self._content_estimate < threshold):
+                or self._content_estimate < threshold
+                or (self._prepared_text is not None and not self._prepared_text.strip())):
             return
         for offset in range(len(cfg.acknowledgements)):
             text = cfg.acknowledgements[(self._acks + offset) % len(cfg.acknowledgements)]

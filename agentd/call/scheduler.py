@@ -130,9 +130,11 @@ class ScheduledLlm:
         finally:
             self.gate.release()
 
-    def prefill(self, messages: Any, *, schema: Any = None) -> None:
+    def prefill(self, messages: Any, *, schema: Any = None,
+                stop: Callable[[], bool] | None = None) -> None:
         """The backend's prefill when the model is idle (skipped otherwise); `schema` (the
-        whole prompt a generate will use) only reaches backends that take it."""
+        whole prompt a generate will use) only reaches backends that take it; it stops at
+        the backend's next step once a generate waits or `stop()` is true."""
         if not self.gate.try_acquire():
             self.gate.stats.prefills_skipped += 1
             return
@@ -142,7 +144,7 @@ class ScheduledLlm:
             if self._prefill_stops:
                 # A generate waits on the gate, not on the backend's own lock, so the
                 # backend cannot see it: tell the prefill to stop for it.
-                kwargs["stop"] = lambda: self.gate.has_waiters
+                kwargs["stop"] = lambda: self.gate.has_waiters or (stop is not None and stop())
             if schema is not None and self._prefill_schema:
                 kwargs["schema"] = schema
             self.backend.prefill(messages, **kwargs)

@@ -291,12 +291,16 @@ class Prefiller:
 
     Partial transcripts arrive faster than a small CPU evaluates them: a request that comes
     while one runs replaces any still waiting (only the latest words matter), and a final
-    request (the prepared transcript) is never replaced by a partial."""
+    request (the prepared transcript) is never replaced by a partial. `interrupt()` stops
+    the running one at its next step (where the prefill takes `stop`) and drops a waiting
+    partial: the CPU is wanted elsewhere (the final transcript is being decoded)."""
 
-    def __init__(self, prefill: Callable[..., None], *, final_kw: bool,
+    def __init__(self, prefill: Callable[..., None], *, final_kw: bool, stop_kw: bool = False,
                  name: str = "prefill") -> None:
         self._prefill = prefill
         self._final_kw = final_kw
+        self._stop_kw = stop_kw
+        self._interrupted = threading.Event()
         self._cond = threading.Condition()
         self._next: tuple[str, bool] | None = None
         self._stopped = False
@@ -313,7 +317,14 @@ class Prefiller:
             self._next = (text, final)
             self._cond.notify()
 
+    def interrupt(self) -> None:
+        with self._cond:
+            if self._next is not None and not self._next[1]:
+                self._next = None
+            self._interrupted.set()
+
     def stop(self) -> None:
+        self._interrupted.set()
         with self._cond:
             self._stopped = True
             self._next = None
@@ -329,11 +340,12 @@ class Prefiller:
                 assert self._next is not None
                 text, final = self._next
                 self._next = None
+                self._interrupted.clear()
+            kwargs: dict[str, Any] = {"final": True} if final else {}
+            if self._stop_kw:
+                kwargs["stop"] = self._interrupted.is_set
             try:
-                if final:
-                    self._prefill(text, final=True)
-                else:
-                    self._prefill(text)
+                self._prefill(text, **kwargs)
             except Exception as exc:  # speculative work: a failure costs only the speed-up
                 log.debug("prefill failed: %s", exc)
             self.done += 1

@@ -557,7 +557,9 @@ class DialogSession:
             tool_calls=tuple(self.tool_calls),
         )
 
-    def prefill(self, caller_text: str, *, final: bool = False) -> None:
+    def prefill(
+        self, caller_text: str, *, final: bool = False, stop: Callable[[], bool] | None = None
+    ) -> None:
         """Evaluate the prompt `turn(caller_text)` would send into the model's KV cache now,
         while the caller is still speaking (blocking: run it off the call's event loop).
 
@@ -565,7 +567,8 @@ class DialogSession:
         the prompt is prefilled as the model will start writing its reply (generation prompt
         and say opening, where the backend supports that); otherwise the caller's message is
         left open for more words. Changes nothing in the session: the history, transcript and
-        what `turn()` produces are the same with or without it."""
+        what `turn()` produces are the same with or without it. `stop()` true: give up
+        early (passed to backends whose prefill takes it)."""
         prefill = getattr(self.engine.llm, "prefill", None)
         text = " ".join(caller_text.split())
         if not callable(prefill) or not text or self.finished or self._closing is not None:
@@ -575,10 +578,12 @@ class DialogSession:
         history = [*self.history, caller_entry(text)]
         messages = self._messages(history)
         pending = self._pending is not None and is_affirmative(text)
-        if final and not pending and _accepts_schema(prefill):
-            prefill(messages, schema=self.engine.schema)  # the schema _think starts with
-        else:
-            prefill(messages)
+        kwargs: dict[str, Any] = {}
+        if stop is not None and _accepts(prefill, "stop"):
+            kwargs["stop"] = stop
+        if final and not pending and _accepts(prefill, "schema"):
+            kwargs["schema"] = self.engine.schema  # the schema _think starts with
+        prefill(messages, **kwargs)
 
     def cancel_turn(self) -> None:
         """Stop the model at its next token (hang-up); safe from any thread."""
@@ -1024,11 +1029,11 @@ class DialogSession:
 _NAME_KEY = re.compile(r"(?:^|_)(?:name|surname|customer|company)$")
 
 
-def _accepts_schema(prefill: Callable[..., Any]) -> bool:
+def _accepts(function: Callable[..., Any], name: str) -> bool:
     import inspect
 
     try:
-        return "schema" in inspect.signature(prefill).parameters
+        return name in inspect.signature(function).parameters
     except (TypeError, ValueError):
         return False
 

@@ -141,3 +141,39 @@ def test_prefiller_runs_the_newest_request_and_keeps_a_waiting_final() -> None:
         assert seen == [("I'd", False), ("I'd like to book.", True)]
     finally:
         worker.stop()
+
+
+def test_prefiller_interrupt_stops_the_running_prefill_and_drops_a_waiting_partial() -> None:
+    from agentd.call.workers import Prefiller
+
+    running = threading.Event()
+    stopped: list[str] = []
+    seen: list[str] = []
+
+    def prefill(text: str, *, final: bool = False, stop: Any = None) -> None:
+        seen.append(text)
+        running.set()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if stop():
+                stopped.append(text)
+                return
+            time.sleep(0.005)
+
+    worker = Prefiller(prefill, final_kw=True, stop_kw=True)
+    try:
+        worker.request("Is Tues")
+        assert running.wait(5)
+        worker.request("Is Tuesday")  # waiting: dropped by the interrupt
+        worker.interrupt()
+        deadline = time.monotonic() + 5
+        while not stopped and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert stopped == ["Is Tues"]
+        running.clear()
+        worker.request("Is Tuesday free?", final=True)  # runs again, not stopped at once
+        assert running.wait(5)
+        time.sleep(0.05)
+        assert seen == ["Is Tues", "Is Tuesday free?"] and stopped == ["Is Tues"]
+    finally:
+        worker.stop()
