@@ -68,7 +68,8 @@ def system_prompt(
         "booked, moved, changed or sent unless a tool message in this call says so.",
         "- As soon as the caller has given what a tool needs, call it in that same reply with "
         'say "One moment." - do not ask them to wait and do not answer for the tool.',
-        "- Ask for one missing detail at a time.",
+        "- Ask for one missing detail at a time. Never make up a name, date, number or id "
+        "for a tool: use only what the caller or a tool message said.",
         "- To call a tool: "
         '{"say": "One moment.", "action": {"type": "tool", "name": ..., "arguments": {...}}}. '
         "Its result comes back as a tool message; then tell the caller the outcome.",
@@ -100,6 +101,20 @@ def system_prompt(
     if knowledge:
         lines += ["", "KNOWLEDGE"]
         lines += [f"- {item.topic}: {item.answer}" for item in knowledge]
+    # Tasks come before the tool list: a small model that reads "when the caller wants to
+    # move an appointment: first ask for ..." before the tools follows the steps instead of
+    # calling the first tool whose argument (a day) the caller happened to mention.
+    flows: Mapping[str, Any] = getattr(policy, "flows", None) or {}
+    if flows:
+        lines += ["", "TASKS (when the caller wants one of these, follow its steps in order)"]
+        for name, flow in flows.items():
+            goal = str(flow.goal).strip()
+            lines.append(f"{name} - when the caller wants to {goal[:1].lower()}{goal[1:]}")
+            collect = list(getattr(flow, "collect", None) or ())
+            if collect:
+                lines.append("  Collect: " + ", ".join(c.replace("_", " ") for c in collect) + ".")
+            for i, step in enumerate(flow.steps, 1):
+                lines.append(f"  {i}. {step}")
     if tools:
         lines += ["", "TOOLS (call them; never guess their results)"]
         for tool in tools:
@@ -112,33 +127,43 @@ def system_prompt(
             lines.append(
                 f"- {tool.name}({_argument_list(tool.parameters)}){mark}: {tool.description}"
             )
-    flows: Mapping[str, Any] = getattr(policy, "flows", None) or {}
-    if flows:
-        lines += ["", "TASKS (follow the steps in order)"]
-        for name, flow in flows.items():
-            lines.append(f"{name}: {flow.goal}")
-            collect = list(getattr(flow, "collect", None) or ())
-            if collect:
-                lines.append("  Collect: " + ", ".join(c.replace("_", " ") for c in collect) + ".")
-            for i, step in enumerate(flow.steps, 1):
-                lines.append(f"  {i}. {step}")
     if tools:
         lines += ["", "EXAMPLES"]
-        for tool in list(tools)[:3]:
-            arguments = ", ".join(
-                f'"{name}": <{name.replace("_", " ")} from the caller>'
-                for name in (tool.parameters.get("required") or ())
-            )
-            lines.append(
-                f"When the caller has given what {tool.name} needs: "
-                f'{{"say": "One moment.", "action": {{"type": "tool", "name": "{tool.name}", '
-                f'"arguments": {{{arguments}}}}}}}'
-            )
+        lines += [_example(tool) for tool in list(tools)[:3]]
         lines.append(
             'When the caller says goodbye or that is all: '
             '{"say": "", "action": {"type": "end_call", "reason": "caller finished"}}'
         )
     return "\n".join(lines)
+
+
+def _example(tool: ToolLine) -> str:
+    """One worked tool call, introduced by what the caller said ("When the caller has said
+    their name and date of birth:"); ids come from tool messages; a CONFIRM tool's say is the
+    yes/no question. A small model copies these closely, so they name concrete things."""
+    said: list[str] = []
+    chosen: list[str] = []
+    values = []
+    for name in tool.parameters.get("required") or ():
+        label = name.replace("_", " ")
+        if name.endswith("_id"):
+            chosen.append(label[: -len(" id")])
+            values.append(f'"{name}": <{label} from a tool message>')
+        else:
+            said.append(label)
+            values.append(f'"{name}": <{label} from the caller>')
+    parts = []
+    if chosen:
+        parts.append("chosen the " + " and the ".join(chosen))
+    if said:
+        parts.append("said the " + " and the ".join(said))
+    when = "has " + " and ".join(parts) if parts else f"wants {tool.name.replace('_', ' ')}"
+    say = "Shall I <the exact change>?" if tool.confirm else "One moment."
+    return (
+        f"When the caller {when}: "
+        f'{{"say": "{say}", "action": {{"type": "tool", "name": "{tool.name}", '
+        f'"arguments": {{{", ".join(values)}}}}}}}'
+    )
 
 
 def _language(code: str) -> str:

@@ -183,11 +183,37 @@ def test_move_needs_an_identified_caller_with_one_appointment(db: Path) -> None:
     with pytest.raises(ToolRefused, match="no upcoming"):
         move.run({"slot_id": 4}, ctx(caller_id="07700 900555"))  # only a cancelled one
     Book("book", db, timezone=TZ).run({"slot_id": 8, "name": "Ann Lee"}, ctx())
-    with pytest.raises(ToolRefused, match="several"):
+    with pytest.raises(ToolRefused, match="several") as refused:
         move.run({"slot_id": 4}, ctx())
+    assert "Monday 17 March at 2 pm" in str(refused.value) and "current_day" in str(refused.value)
+    with pytest.raises(ToolRefused, match="several"):
+        move.run({"slot_id": 4, "current_day": "wednesday"}, ctx())  # neither is then
     assert move.run({"slot_id": 4, "appointment_id": 1}, ctx())["moved"] is True
     with pytest.raises(ToolRefused, match="no such upcoming"):
         move.run({"slot_id": 3, "appointment_id": 2}, ctx())  # Bob's, not Ann's
+
+
+def test_move_picks_the_appointment_by_the_day_the_caller_names(db: Path) -> None:
+    Book("book", db, timezone=TZ).run({"slot_id": 8, "name": "Ann Lee"}, ctx())  # Fri 21st
+    move = Move("move", db, timezone=TZ)
+    moved = move.run({"slot_id": 3, "current_day": "next Friday"}, ctx())
+    assert moved["from"] == "Friday 21 March at 11 am"
+    listed = ListAppointments("list", db, timezone=TZ).run({}, ctx())
+    assert sorted(a["slot_id"] for a in listed["appointments"]) == [3, 5]
+
+
+def test_one_appointment_is_changed_whatever_day_is_named(db: Path) -> None:
+    # The day only chooses among several; with one, the confirmed new time is what matters.
+    moved = Move("move", db, timezone=TZ).run({"slot_id": 4, "current_day": "thursday"}, ctx())
+    assert moved["from"] == "Monday 17 March at 2 pm"
+    cancelled = Cancel("cancel", db, timezone=TZ).run({"current_day": "friday"}, ctx())
+    assert cancelled["slot_id"] == 4
+
+
+def test_move_and_cancel_ask_for_a_day_not_an_id() -> None:
+    for tool in (Move("m", "x.sqlite"), Cancel("c", "x.sqlite")):
+        assert "current_day" in tool.parameters["properties"]
+        assert "appointment_id" not in tool.parameters["properties"]
 
 
 def test_cancel_and_list(db: Path) -> None:
@@ -231,3 +257,10 @@ def test_wal_mode_and_schema(db: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
     assert FindSlots("find", db).parameters["required"] == ["day"]
+
+
+def test_a_given_phone_without_bookings_falls_back_to_caller_id(db: Path) -> None:
+    listed = ListAppointments("list", db, timezone=TZ).run({"phone": "1234567890"}, ctx())
+    assert [a["slot_id"] for a in listed["appointments"]] == [5]  # Ann's, by caller ID
+    by_phone = ListAppointments("list", db, timezone=TZ).run({"phone": "07700900999"}, ctx())
+    assert [a["slot_id"] for a in by_phone["appointments"]] == [9]  # Bob's number wins

@@ -206,10 +206,16 @@ class _CalendarTool:
         if patient is not None:
             rows = conn.execute(sql + "a.patient_id = ?", (patient,)).fetchall()
         else:
-            key = phone_key(text_arg(arguments, "phone")) or phone_key(context.caller_id)
-            if key is None:
+            # The number they gave, then caller ID (a small model fills "phone" with a made-up
+            # number; caller ID is what an unverified lookup trusts anyway).
+            keys = [phone_key(text_arg(arguments, "phone")), phone_key(context.caller_id)]
+            if not any(keys):
                 raise ToolRefused("caller not identified: verify them or ask for their phone")
-            rows = conn.execute(sql + "phone_key(a.phone) = ?", (key,)).fetchall()
+            rows = []
+            for key in dict.fromkeys(k for k in keys if k):
+                rows = conn.execute(sql + "phone_key(a.phone) = ?", (key,)).fetchall()
+                if rows:
+                    break
         found: list[tuple[int, _Slot]] = []
         for row in rows:
             slot = self._slot(row)
@@ -225,6 +231,9 @@ class _CalendarTool:
         context: ToolContext,
         now: datetime,
     ) -> tuple[int, _Slot]:
+        """The appointment to change: by `appointment_id` (from calendar.list), else the
+        caller's only one, else the one on `current_day` (the day as the caller said it; a
+        small model gets a day word right where it would invent an id)."""
         mine = self._caller_appointments(conn, arguments, context, now)
         wanted = int_arg(arguments, "appointment_id")
         if wanted is not None:
@@ -234,10 +243,18 @@ class _CalendarTool:
             raise ToolRefused("no such upcoming appointment for this caller")
         if not mine:
             raise ToolRefused("the caller has no upcoming appointment")
-        if len(mine) > 1:
-            listed = "; ".join(f"{a}: {spoken_datetime(s.start)}" for a, s in mine[:MAX_LISTED])
-            raise ToolRefused(f"several appointments, ask which and pass appointment_id ({listed})")
-        return mine[0]
+        if len(mine) == 1:
+            return mine[0]
+        said = text_arg(arguments, "current_day")
+        day = resolve_day(said, now.date(), order=self.date_order) if said else None
+        on_day = [pair for pair in mine if day is not None and pair[1].start.date() == day]
+        if len(on_day) == 1:
+            return on_day[0]
+        listed = "; ".join(spoken_datetime(s.start) for _a, s in mine[:MAX_LISTED])
+        raise ToolRefused(
+            f"the caller has several appointments ({listed}): ask which one and pass its day "
+            "as current_day"
+        )
 
     def run(self, arguments: JsonDict, context: ToolContext) -> JsonDict:
         now = local_now(context.now_iso, self.tz)
@@ -254,9 +271,12 @@ _PHONE_PROPERTY = {
     "type": "string",
     "description": "Phone number the booking was made with, if not calling from it.",
 }
-_APPOINTMENT_PROPERTY = {
-    "type": "integer",
-    "description": "Which appointment, when the caller has several.",
+# Which appointment to change is given by its day, not an id: small models invent ids but
+# copy a day word faithfully. (appointment_id from calendar.list is still accepted.)
+_CURRENT_DAY_PROPERTY = {
+    "type": "string",
+    "description": "Day of the appointment to change, as the caller said it; only when they "
+    "have several.",
 }
 
 
@@ -367,8 +387,11 @@ class Move(_CalendarTool):
     PARAMETERS: ClassVar[JsonDict] = {
         "type": "object",
         "properties": {
-            "slot_id": {"type": "integer", "description": "The new slot (from find_slots)."},
-            "appointment_id": _APPOINTMENT_PROPERTY,
+            "slot_id": {
+                "type": "integer",
+                "description": "The new slot the caller chose (its slot_id from find_slots).",
+            },
+            "current_day": _CURRENT_DAY_PROPERTY,
             "phone": _PHONE_PROPERTY,
         },
         "required": ["slot_id"],
@@ -399,7 +422,7 @@ class Cancel(_CalendarTool):
     default_description = "Cancel the caller's upcoming appointment."
     PARAMETERS: ClassVar[JsonDict] = {
         "type": "object",
-        "properties": {"appointment_id": _APPOINTMENT_PROPERTY, "phone": _PHONE_PROPERTY},
+        "properties": {"current_day": _CURRENT_DAY_PROPERTY, "phone": _PHONE_PROPERTY},
     }
 
     def _run(
