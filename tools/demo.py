@@ -81,12 +81,16 @@ async def scripted_call(rig: AgentRig, deadline: float) -> str | None:
         await asyncio.to_thread(rig.wait_turn_logged, ref or "", 0, 5)
         transcript.flush()
         turn = 0
+        # Each line waits for what a caller waits for: agentd's answer finished (its turn
+        # logged, found by kind and order, never by a fixed number) and the line quiet for
+        # 0.7 s; the next line follows at once, well inside the 7 s silence re-prompt.
         for action, text in SCRIPT:
             if caller.ended.is_set() or time.monotonic() > deadline:
                 break
             turn += 1
             print(f"   caller: {text}", flush=True)
             said = await caller.say(caller_speech(text, tail_s=0.1))
+            seen = rig.last_turn(ref or "")  # the answer cannot be logged before now
             if action == "transfer":
                 refer_to = await caller.wait_refer(timeout=40)
                 transcript.flush()
@@ -110,14 +114,14 @@ async def scripted_call(rig: AgentRig, deadline: float) -> str | None:
                 note(f"first agent audio {first_ms:.0f} ms after the caller stopped; "
                      "the caller now talks over the reply")
                 continue  # the next line is spoken over the reply
-            await asyncio.to_thread(rig.wait_turn_logged, ref or "", turn, 60)
-            # Longer than the gap between a filler ("One moment.") and the real reply, so
-            # the caller does not talk over the answer it is waiting for.
-            await caller.wait_quiet(said.last_voiced, quiet_s=2.0, timeout=40)
+            if await rig.wait_reply(caller, ref or "", seen, said.last_voiced,
+                                    timeout=90) is None:
+                note("no answer")
+                continue
             transcript.flush()
             row = rig.call_row(caller.call_id or "")
-            content = next((t.get("first_content_ms") for t in (row.turns if row else [])
-                            if t["index"] == 2 * turn + 1), None)
+            agent_turns = [t for t in (row.turns if row else []) if t["speaker"] == "agent"]
+            content = agent_turns[-1].get("first_content_ms") if agent_turns else None
             extra = f", first content {content:.0f} ms (agentd's record)" if content else ""
             note(f"turn {turn}: first agent audio on the wire {first_ms:.0f} ms{extra}")
         if not caller.ended.is_set():

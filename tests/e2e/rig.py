@@ -12,11 +12,13 @@ Caller utterances are spoken by espeak-ng (never the agent's voice), resampled t
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import shutil
 import sqlite3
 import subprocess
+import time
 import wave
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +29,7 @@ import numpy as np
 import yaml
 
 from tests.harness.agentd import Agentd
+from tests.harness.caller import ScriptedCaller
 from tests.harness.kamailio import Kamailio
 from tests.harness.ports import PortAllocator
 from tests.harness.process import HarnessError
@@ -175,9 +178,40 @@ class AgentRig:
         return match.group(1) if match else None
 
     def wait_turn_logged(self, ref: str, index: int, timeout: float) -> bool:
-        """Wait (bounded) until agentd logged turn `index` of call `ref` (the reply is done)."""
+        """Wait (bounded) until agentd logged turn `index` of call `ref` (the reply is done).
+        Blocking: from async code use `wait_reply`, or run it in a thread."""
         assert self.agentd is not None
         return self.agentd.wait_log(rf"call {re.escape(ref)} turn {index} ", timeout)
+
+    def turns_logged(self, ref: str) -> list[tuple[int, str]]:
+        """(index, kind) of every turn agentd logged as finished for call `ref`, in order;
+        kinds are greeting, speech, dtmf, silence (a re-prompt) and transfer_failed."""
+        assert self.agentd is not None
+        pattern = rf"call {re.escape(ref)} turn (\d+) \((\w+)\)"
+        return [(int(i), kind) for i, kind in re.findall(pattern, self.agentd.log_text())]
+
+    def last_turn(self, ref: str) -> int:
+        """The highest turn index logged for call `ref` (-1 before the greeting finished)."""
+        return max((index for index, _kind in self.turns_logged(ref)), default=-1)
+
+    async def wait_reply(self, caller: ScriptedCaller, ref: str, after_turn: int,
+                         said_at: float, *, quiet_s: float = 0.7,
+                         timeout: float = 90.0) -> int | None:
+        """Wait for what the caller would hear as the agent's answer: a turn answering speech
+        (or keys) logged after `after_turn` -- a re-prompt does not count, whatever its
+        number -- then the agent's audio quiet for `quiet_s`. Polls without blocking the
+        event loop, so the caller's RTP keeps flowing. The turn's index, or None on timeout
+        or when the call ended first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not caller.ended.is_set():
+            answers = [index for index, kind in self.turns_logged(ref)
+                       if index > after_turn and kind in ("speech", "dtmf")]
+            if answers:
+                await caller.wait_quiet(said_at, quiet_s=quiet_s,
+                                        timeout=max(1.0, deadline - time.monotonic()))
+                return answers[0]
+            await asyncio.sleep(0.05)
+        return None
 
     def wait_call_finished(self, ref: str, timeout: float) -> bool:
         assert self.agentd is not None
