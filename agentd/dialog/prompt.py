@@ -101,15 +101,14 @@ def system_prompt(
     if knowledge:
         lines += ["", "KNOWLEDGE"]
         lines += [f"- {item.topic}: {item.answer}" for item in knowledge]
-    # Tasks come before the tool list: a small model that reads "when the caller wants to
-    # move an appointment: first ask for ..." before the tools follows the steps instead of
-    # calling the first tool whose argument (a day) the caller happened to mention.
+    # Tasks come before the tool list: a small model that reads a task's steps ("first ask
+    # for ...") before the tools follows them instead of calling the first tool whose
+    # argument (a day) the caller happened to mention.
     flows: Mapping[str, Any] = getattr(policy, "flows", None) or {}
     if flows:
-        lines += ["", "TASKS (when the caller wants one of these, follow its steps in order)"]
+        lines += ["", "TASKS (when the caller asks for one of these, follow its steps in order)"]
         for name, flow in flows.items():
-            goal = str(flow.goal).strip()
-            lines.append(f"{name} - when the caller wants to {goal[:1].lower()}{goal[1:]}")
+            lines.append(f"{name}: {flow.goal}")
             collect = list(getattr(flow, "collect", None) or ())
             if collect:
                 lines.append("  Collect: " + ", ".join(c.replace("_", " ") for c in collect) + ".")
