@@ -3,6 +3,7 @@
 
     .venv/bin/python tools/bench_speech.py [--quick] [--engines silero,whisper,vosk,...]
         [--threads 1] [--cache-dir DIR] [--json FILE]
+        [--final-beam N] [--no-denoise] [--prompt TEXT | --prompt-policy POLICY.yaml]
 
 Engines are built by agentd.speech.factory from the default `speech:` config and the model
 store (`agentd models list`), each in its own child process so load time and RSS are its own
@@ -21,7 +22,12 @@ ASR (whisper, vosk): each clip is fed in 20 ms frames followed by trailing silen
   = the finish() call alone. RTF = all accept/prepare/finish time / audio time. WER is over
   the set (errors / reference words) after agentd.speech.testset.normalize_transcript.
   The WER of one-shot transcribe() on the same clips is printed below the table, so a
-  difference made by the streaming path (partials, prepare_final) shows.
+  difference made by the streaming path (partials, prepare_final) shows, and so is the WER
+  per voice engine and over the even- and odd-indexed utterances (settings are chosen on the
+  even half; the odd half shows whether they carry over). Whisper options map to the
+  `speech.asr` config: --final-beam (final_beam_size), --no-denoise (denoise: false),
+  --prompt TEXT or --prompt-policy FILE (prompt = the policy's own words: business and agent
+  name, knowledge topics, flow names, escalation topics and targets, open weekdays).
   Vosk only installs with a Korean model here: its WER is measured on Korean espeak-ng clips
   and says nothing about English.
 TTS (piper, hibari, espeak, coqui if its model is installed): first chunk = time from
@@ -130,7 +136,7 @@ def loaded(build: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
     return engine, {"load_s": time.perf_counter() - started, "rss_mb": rss_mb() - before}
 
 
-def speech_config(engine: str, threads: int) -> Any:
+def speech_config(engine: str, threads: int, asr_options: dict[str, Any] | None = None) -> Any:
     from agentd.config.schema import SpeechConfig
 
     kind = KINDS[engine]
@@ -138,7 +144,7 @@ def speech_config(engine: str, threads: int) -> Any:
     if engine == "vosk":
         section.update(engine="vosk", model="vosk-ko")
     elif engine == "whisper":
-        section.update(engine="whisper", model="whisper-tiny-en")
+        section.update(engine="whisper", model="whisper-tiny-en", **(asr_options or {}))
     elif engine == "coqui":
         section.update(engine="coqui", model="coqui-en-ljspeech-vits")
     elif kind == "tts":
@@ -187,10 +193,28 @@ def bench_vad(testset: TestSet, quick: bool, threads: int) -> dict[str, Any]:
     return result
 
 
-def bench_asr(engine_name: str, testset: TestSet, quick: bool, threads: int) -> dict[str, Any]:
+def policy_vocabulary(path: str) -> str:
+    """Words an operator's policy already holds, as a Whisper prompt."""
+    from agentd.dialog.policy import load_policy
+
+    policy = load_policy(path)
+    words = [policy.agent.organisation, policy.agent.name]
+    words += [item.topic for item in policy.knowledge]
+    words += [name.replace("_", " ") for name in policy.flows]
+    for rule in policy.escalation.rules:
+        words += list(getattr(rule, "topics", None) or ())
+    words += [t.label for t in policy.escalation.targets.values() if getattr(t, "label", None)]
+    if policy.hours is not None:
+        days = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+        words += [day.capitalize() for day in days if getattr(policy.hours, day)]
+    return ", ".join(dict.fromkeys(words)) + "."
+
+
+def bench_asr(engine_name: str, testset: TestSet, quick: bool, threads: int,
+              asr_options: dict[str, Any] | None = None) -> dict[str, Any]:
     from agentd.speech.factory import build_asr, build_vad, speech_store, vad_config
 
-    cfg = speech_config(engine_name, threads)
+    cfg = speech_config(engine_name, threads, asr_options)
     store = speech_store(cfg)
     vad = build_vad(cfg, store)  # before the ASR: its load is not the ASR's
     vad_cfg = vad_config(cfg)
@@ -203,10 +227,12 @@ def bench_asr(engine_name: str, testset: TestSet, quick: bool, threads: int) -> 
     finals: list[float] = []
     finish_calls: list[float] = []
     examples: list[str] = []
+    groups: dict[str, list[tuple[str, str]]] = {}  # "espeak clean", "even noisy", ...
     for noisy in (False, True):
         pairs: list[tuple[str, str]] = []
         one_shot: list[tuple[str, str]] = []  # whole clip at once: isolates the streaming path
-        for clip in testset.select(lang=lang, noisy=noisy, limit=per_set):
+        condition = "noisy" if noisy else "clean"
+        for index, clip in enumerate(testset.select(lang=lang, noisy=noisy, limit=per_set)):
             one_shot.append((clip.text, asr.transcribe(clip.audio()).text))
             pcm = with_tail(clip, clip.audio())
             run = _asr_turn(asr, vad.stream(vad_cfg), vad_cfg, clip, pcm)
@@ -215,6 +241,9 @@ def bench_asr(engine_name: str, testset: TestSet, quick: bool, threads: int) -> 
             finals.append(run["final_s"])
             finish_calls.append(run["finish_s"])
             pairs.append((clip.text, run["text"]))
+            half = "even" if index % 2 == 0 else "odd"
+            for group in (f"{clip.engine} {condition}", f"{half} {condition}"):
+                groups.setdefault(group, []).append((clip.text, run["text"]))
             if len(examples) < 3 and not noisy and transcript_wer(clip.text, run["text"]) > 0:
                 examples.append(f"{clip.text!r} -> {run['text']!r}")
         result["wer_noisy" if noisy else "wer_clean"] = corpus_wer(pairs)
@@ -227,6 +256,8 @@ def bench_asr(engine_name: str, testset: TestSet, quick: bool, threads: int) -> 
         finish_p50_ms=1000 * percentile(finish_calls, 50),
         finish_p95_ms=1000 * percentile(finish_calls, 95),
         examples=examples,
+        wer_groups={group: corpus_wer(pairs) for group, pairs in sorted(groups.items())},
+        options=asr_options or {},
     )
     return result
 
@@ -310,7 +341,8 @@ def bench_tts(engine_name: str, quick: bool, threads: int) -> dict[str, Any]:
     return result
 
 
-def worker(engine: str, cache_dir: str, quick: bool, threads: int) -> dict[str, Any]:
+def worker(engine: str, cache_dir: str, quick: bool, threads: int,
+           asr_options: dict[str, Any] | None = None) -> dict[str, Any]:
     from agentd.speech.interfaces import SpeechError
 
     try:
@@ -320,7 +352,7 @@ def worker(engine: str, cache_dir: str, quick: bool, threads: int) -> dict[str, 
         testset = build_testset(cache_dir)
         if kind == "vad":
             return bench_vad(testset, quick, threads)
-        return bench_asr(engine, testset, quick, threads)
+        return bench_asr(engine, testset, quick, threads, asr_options)
     except (SpeechError, ImportError) as exc:
         return {"skipped": str(exc).splitlines()[0][:160]}
 
@@ -329,9 +361,10 @@ def worker(engine: str, cache_dir: str, quick: bool, threads: int) -> dict[str, 
 
 
 def run_worker(engine: str, cache_dir: str, quick: bool, threads: int,
-               timeout_s: float) -> dict[str, Any]:
+               timeout_s: float, asr_options: dict[str, Any] | None = None) -> dict[str, Any]:
     command = [sys.executable, __file__, "--worker", engine, "--cache-dir", cache_dir,
-               "--threads", str(threads)] + (["--quick"] if quick else [])
+               "--threads", str(threads), "--asr-options", json.dumps(asr_options or {})]
+    command += ["--quick"] if quick else []
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
@@ -408,6 +441,11 @@ def print_tables(results: dict[str, dict[str, Any]]) -> None:
             if "cer_clean" in r and r.get("language") != "en":
                 print(f"  {name}: character error rate {100 * r['cer_clean']:.0f}% clean, "
                       f"{100 * r['cer_noisy']:.0f}% noisy ({r['language']} espeak-ng clips)")
+            if r.get("wer_groups"):
+                print(f"  {name}: WER by group: " + ", ".join(
+                    f"{group} {100 * value:.1f}%" for group, value in r["wer_groups"].items()))
+            if r.get("options"):
+                print(f"  {name}: speech.asr options {json.dumps(r['options'])}")
             for example in r.get("examples", []):
                 print(f"  {name} e.g. {example}")
     if rows("tts"):
@@ -433,11 +471,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per engine")
     parser.add_argument("--cache-dir", help="test set directory (default .cache/speech-testset)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--final-beam", type=int, help="Whisper speech.asr.final_beam_size")
+    parser.add_argument("--no-denoise", action="store_true", help="Whisper denoise: false")
+    prompts = parser.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt", help="Whisper speech.asr.prompt")
+    prompts.add_argument("--prompt-policy", type=Path,
+                         help="Whisper prompt = this policy's own words (see above)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--asr-options", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.cache_dir, args.quick, args.threads)))
+        options = json.loads(args.asr_options)
+        print(json.dumps(worker(args.worker, args.cache_dir, args.quick, args.threads, options)))
         return 0
+    asr_options: dict[str, Any] = {}
+    if args.final_beam is not None:
+        asr_options["final_beam_size"] = args.final_beam
+    if args.no_denoise:
+        asr_options["denoise"] = False
+    if args.prompt:
+        asr_options["prompt"] = args.prompt
+    elif args.prompt_policy:
+        asr_options["prompt"] = policy_vocabulary(str(args.prompt_policy))
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = [e for e in engines if e not in KINDS]
     if unknown:
@@ -457,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     for engine in engines:
         engine_started = time.monotonic()
         results[engine] = run_worker(engine, str(testset.root.parent), args.quick,
-                                     args.threads, timeout_s)
+                                     args.threads, timeout_s,
+                                     asr_options if engine == "whisper" else None)
         results[engine]["wall_s"] = time.monotonic() - engine_started
         print(f"  {engine}: {results[engine]['wall_s']:.1f} s", file=sys.stderr)
     print_tables(results)

@@ -310,6 +310,18 @@ class AsrSectionConfig(Section):
         "whisper-tiny-en", description="ASR model id; its engine must match `engine`."
     )
     threads: Integer = Field(1, ge=1, le=64, description="CPU threads for recognition.")
+    final_beam_size: Integer = Field(
+        5, ge=1, le=16,
+        description="Whisper: beam width of final transcripts (partials stay greedy).",
+    )
+    prompt: str | None = Field(
+        None,
+        description="Whisper: text read as what was said before each utterance, to bias "
+        "spelling and vocabulary (business and staff names, services); null = none.",
+    )
+    denoise: bool = Field(
+        True, description="Whisper: subtract the line's steady background noise before decoding."
+    )
 
 
 class TtsSectionConfig(Section):

@@ -53,7 +53,13 @@ def build_asr(cfg: SpeechConfig, store: ModelStore) -> AsrEngine:
         from agentd.speech.asr_whisper import WhisperAsr
 
         return WhisperAsr(
-            model_dir, threads=cfg.asr.threads, language=_language(spec, "en"), model_id=spec.id
+            model_dir,
+            threads=cfg.asr.threads,
+            final_beam_size=cfg.asr.final_beam_size,
+            prompt=cfg.asr.prompt,
+            denoise=cfg.asr.denoise,
+            language=_language(spec, "en"),
+            model_id=spec.id,
         )
     from agentd.speech.asr_vosk import VoskAsr
 
