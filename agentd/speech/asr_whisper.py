@@ -65,6 +65,9 @@ _DENOISE_FFT = 256  # 32 ms at 8 kHz, half-overlapping frames
 _DENOISE_QUIET = 0.2  # the quietest fifth of a window's frames is its noise
 _DENOISE_FLOOR = 0.05  # gain floor (-26 dB): deeper cuts leave "musical" noise
 _DENOISE_MIN_CONTRAST_DB = 12.0  # quieter frames this close to the loud ones are speech
+# A quieter line is left alone: tiny.en's text changes with any change to its input, and
+# clean calls (TTS pauses, idle channel noise) decoded better untouched.
+_DENOISE_MIN_NOISE_DBFS = -55.0
 
 
 def spectral_subtract(
@@ -73,14 +76,16 @@ def spectral_subtract(
     quiet_fraction: float = _DENOISE_QUIET,
     floor: float = _DENOISE_FLOOR,
     min_contrast_db: float = _DENOISE_MIN_CONTRAST_DB,
+    min_noise_dbfs: float = _DENOISE_MIN_NOISE_DBFS,
 ) -> np.ndarray:
     """`samples` (float32, any rate) with their steady background noise subtracted.
 
     The noise spectrum is the mean power spectrum of the quietest `quiet_fraction` of the
     half-overlapping 256-sample frames; each frame's magnitude is scaled by
     sqrt(max(1 - noise/power, floor**2)). A window whose quiet frames are within
-    `min_contrast_db` of its loud ones (speech throughout, no pause to learn the noise from)
-    and one of under four frames are returned unchanged; so is digital silence.
+    `min_contrast_db` of its loud ones (speech throughout, no pause to learn the noise from),
+    one whose noise is under `min_noise_dbfs` (a quiet line; full scale is 1.0) and one of
+    under four frames are returned unchanged.
     """
     x = np.asarray(samples, dtype=np.float32).reshape(-1)
     n = _DENOISE_FFT
@@ -100,7 +105,12 @@ def spectral_subtract(
     noise = power[quiet].mean(axis=0)
     noise_energy = float(noise.sum())
     loud_energy = float(np.percentile(energy, 90))
-    if noise_energy <= 0.0 or loud_energy < noise_energy * 10 ** (min_contrast_db / 10):
+    # Parseval over the one-sided spectrum, near enough: mean square of a windowed frame.
+    noise_ms = float(np.mean((frames[quiet] ** 2).sum(axis=1))) / float(np.sum(window**2))
+    if (
+        noise_ms <= 10 ** (min_noise_dbfs / 10)
+        or loud_energy < noise_energy * 10 ** (min_contrast_db / 10)
+    ):
         return x.copy()
     gain = np.sqrt(np.maximum(1.0 - noise / np.maximum(power, 1e-20), floor * floor))
     cleaned = np.fft.irfft(spectra * gain, n=n, axis=1).astype(np.float32) * window

@@ -52,10 +52,13 @@ def test_digital_silence_and_clean_speech_pass_through_unchanged() -> None:
     assert np.array_equal(spectral_subtract(clean), clean)
 
 
-def test_a_quiet_line_is_barely_touched() -> None:
-    noisy, _, speech = caller_turn(noise_rms=0.0003)  # ~ -70 dBFS idle-channel noise
-    out = spectral_subtract(noisy)
-    assert power_db(out[speech] - noisy[speech]) < power_db(noisy[speech]) - 40
+def test_a_quiet_line_is_left_alone() -> None:
+    # Tiny.en's text changes with any change to its input: a line under -55 dBFS of noise
+    # is decoded as it is.
+    quiet, _, _ = caller_turn(noise_rms=0.001)  # -60 dBFS
+    assert np.array_equal(spectral_subtract(quiet), quiet)
+    louder, _, _ = caller_turn(noise_rms=0.003)  # -50 dBFS: subtracted
+    assert not np.array_equal(spectral_subtract(louder), louder)
 
 
 def test_speech_without_a_pause_is_not_mistaken_for_noise() -> None:
