@@ -6,7 +6,7 @@ Run through `tools/demo` (it installs what is needed first). Everything stays on
   2. agentd starts as extension 2001 answering with the dental example (Bright Smile Dental,
      Qwen2.5-Coder 1.5B at temperature 0), its calendar a fresh copy under the work dir.
   3. A baresip phone registers as 3001, the practice's billing desk.
-  4. A scripted caller (James O'Connor, +447700900102, an espeak-ng voice) calls 2001:
+  4. A scripted caller (James O'Connor, +447700900102, a flite voice) calls 2001:
      asks where the practice is and talks over the answer (barge-in), moves his appointment
      to Tuesday, then asks about insurance and is put through to billing (REFER).
      Each turn prints with its latency measured from the RTP packets.
@@ -29,7 +29,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.rig import DEFAULT_MODEL, AgentRig, caller_speech, missing_requirements  # noqa: E402
+from tests.e2e.rig import (  # noqa: E402
+    CLEAR_VOICE,
+    DEFAULT_MODEL,
+    AgentRig,
+    caller_speech,
+    missing_requirements,
+)
 from tests.harness.baresip import Baresip  # noqa: E402
 from tests.harness.caller import ScriptedCaller  # noqa: E402
 from tests.harness.ports import PortAllocator, is_free  # noqa: E402
@@ -89,7 +95,7 @@ async def scripted_call(rig: AgentRig, deadline: float) -> str | None:
                 break
             turn += 1
             print(f"   caller: {text}", flush=True)
-            said = await caller.say(caller_speech(text, tail_s=0.1))
+            said = await caller.say(caller_speech(text, voice=CLEAR_VOICE, tail_s=0.1))
             seen = rig.last_turn(ref or "")  # the answer cannot be logged before now
             if action == "transfer":
                 refer_to = await caller.wait_refer(timeout=40)

@@ -16,6 +16,7 @@ from agentd.dialog.tools.calendar import (
     ListAppointments,
     Move,
     create_calendar_db,
+    wanted_time,
 )
 from agentd.dialog.tools.errors import ToolRefused
 from agentd.dialog.types import ToolContext, ToolError
@@ -264,3 +265,43 @@ def test_a_given_phone_without_bookings_falls_back_to_caller_id(db: Path) -> Non
     assert [a["slot_id"] for a in listed["appointments"]] == [5]  # Ann's, by caller ID
     by_phone = ListAppointments("list", db, timezone=TZ).run({"phone": "07700900999"}, ctx())
     assert [a["slot_id"] for a in by_phone["appointments"]] == [9]  # Bob's number wins
+
+
+def test_move_by_the_day_and_time_the_caller_said(db: Path) -> None:
+    move = Move("move", db, timezone=TZ)
+    moved = move.run({"new_day": "monday", "new_time": "9:30 am"}, ctx())
+    assert moved["when"] == "Monday 17 March at 9:30 am" and moved["slot_id"] == 4
+
+
+def test_move_by_day_alone_takes_the_first_free_time_and_an_invented_slot_id_is_ignored(
+    db: Path,
+) -> None:
+    # The 1.5B sometimes skips find_slots and writes slot_id 12345: the day still decides.
+    moved = Move("move", db, timezone=TZ).run({"new_day": "monday", "slot_id": 12345}, ctx())
+    assert moved["when"] == "Monday 17 March at 9 am" and moved["slot_id"] == 3
+    # a real slot on another day than the one named: the day the caller said wins
+    other = Move("move", db, timezone=TZ).run({"new_day": "next friday", "slot_id": 4}, ctx())
+    assert other["slot_id"] == 8
+
+
+def test_move_to_a_time_that_is_not_free_lists_the_free_ones(db: Path) -> None:
+    with pytest.raises(ToolRefused, match="free times: 9 am, 9:30 am"):
+        Move("move", db, timezone=TZ).run({"new_day": "monday", "new_time": "11 am"}, ctx())
+    with pytest.raises(ToolRefused, match="no free time"):
+        Move("move", db, timezone=TZ).run({"new_day": "saturday"}, ctx())
+    with pytest.raises(ToolRefused, match="could not understand"):
+        Move("move", db, timezone=TZ).run({"new_day": "whenever"}, ctx())
+
+
+def test_a_real_slot_id_on_the_named_day_wins_over_the_time(db: Path) -> None:
+    moved = Move("move", db, timezone=TZ).run(
+        {"new_day": "monday", "new_time": "9 am", "slot_id": 4}, ctx())
+    assert moved["slot_id"] == 4
+
+
+@pytest.mark.parametrize(("said", "expected"), [
+    ("9 am", (9, 0)), ("2:30 pm", (14, 30)), ("14:00", (14, 0)), ("3", (15, 0)),
+    ("12 pm", (12, 0)), ("at 10.30", (10, 30)), ("soon", None), ("", None), ("25:00", None),
+])
+def test_wanted_time(said: str, expected: tuple[int, int] | None) -> None:
+    assert wanted_time(said) == expected

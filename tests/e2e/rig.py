@@ -18,6 +18,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import time
 import wave
 from dataclasses import dataclass
@@ -39,11 +40,16 @@ MODELS_DIR = REPO_ROOT / "models"
 DEFAULT_MODEL = "qwen2.5-coder-1.5b-instruct-q4_k_m"
 FAST_MODEL = "qwen2.5-coder-0.5b-instruct"
 CALLER_VOICE = "en-gb+m3"   # espeak-ng; the agent speaks with hibari/piper
+# Whisper tiny.en hears flite's "rms" voice almost word for word at 8 kHz; it turns espeak's
+# "James O'Connor, date of birth third of May ..." into "Game Mockinger, made on worth ...".
+# Calls whose words matter (names, dates) use this one.
+CLEAR_VOICE = "flite:rms"
 
 
 def missing_requirements(model: str = DEFAULT_MODEL) -> list[str]:
     """What this machine lacks for a live call (binaries, models); empty when ready."""
-    missing = [name for name in ("kamailio", "kamcmd", "espeak-ng") if shutil.which(name) is None]
+    missing = [name for name in ("kamailio", "kamcmd", "espeak-ng", "flite")
+               if shutil.which(name) is None]
     for name in ("silero-vad", "whisper-tiny-en", model):
         if not (MODELS_DIR / name).is_dir():
             missing.append(f"model {name} (python -m agentd models fetch {name})")
@@ -52,8 +58,16 @@ def missing_requirements(model: str = DEFAULT_MODEL) -> list[str]:
 
 @lru_cache(maxsize=256)
 def _espeak(text: str, voice: str, rate_wpm: int) -> bytes:
-    wav = subprocess.run(["espeak-ng", "--stdout", "-v", voice, "-s", str(rate_wpm), text],
-                         capture_output=True, check=True, timeout=30).stdout
+    """`text` spoken at 8 kHz by espeak-ng, or by flite when `voice` is "flite:<voice>"."""
+    if voice.startswith("flite:"):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "say.wav"
+            subprocess.run(["flite", "-voice", voice[len("flite:"):], "-t", text, "-o",
+                            str(out)], capture_output=True, check=True, timeout=30)
+            wav = out.read_bytes()
+    else:
+        wav = subprocess.run(["espeak-ng", "--stdout", "-v", voice, "-s", str(rate_wpm), text],
+                             capture_output=True, check=True, timeout=30).stdout
     with wave.open(io.BytesIO(wav)) as reader:
         rate = reader.getframerate()
         pcm = np.frombuffer(reader.readframes(reader.getnframes()), np.int16)

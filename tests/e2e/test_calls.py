@@ -16,7 +16,7 @@ import pytest
 from tests.harness.baresip import Baresip
 from tests.harness.caller import ScriptedCaller
 
-from .rig import AgentRig, caller_speech
+from .rig import CLEAR_VOICE, AgentRig, caller_speech
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -38,7 +38,7 @@ async def _greeted(rig: AgentRig, caller: ScriptedCaller) -> str:
 async def _turn(rig: AgentRig, caller: ScriptedCaller, ref: str, text: str) -> None:
     """Say `text`, then wait for what a caller would wait for: agentd's answer to it finished
     (found by kind and order, so a re-prompt cannot shift anything) and the line quiet."""
-    said = await caller.say(caller_speech(text, tail_s=0.1))
+    said = await caller.say(caller_speech(text, voice=CLEAR_VOICE, tail_s=0.1))
     seen = rig.last_turn(ref)  # its answer cannot be logged before the caller stopped
     answered = await rig.wait_reply(caller, ref, seen, said.last_voiced, timeout=90)
     assert answered is not None or caller.ended.is_set(), f"no reply to {text!r}"
@@ -48,6 +48,16 @@ def _agent_text(rig: AgentRig, call_id: str) -> str:
     row = rig.call_row(call_id)
     assert row is not None, "no call record"
     return " ".join(t["text"] for t in row.turns if t["speaker"] == "agent")
+
+
+def _call_story(rig: AgentRig, call_id: str) -> str:
+    """Every turn (what ASR heard, what the agent said) and tool call, for failure messages."""
+    row = rig.call_row(call_id)
+    if row is None:
+        return "(no call record)"
+    lines = [f"{t['speaker']}: {t['text']}" for t in row.turns]
+    lines += [f"tool {c['name']}({c['arguments']}) ok={c['ok']}" for c in row.tool_calls]
+    return "\n".join(lines)
 
 
 async def test_reschedule_moves_the_appointment_and_says_the_new_time(rig: AgentRig) -> None:
@@ -78,13 +88,13 @@ async def test_reschedule_moves_the_appointment_and_says_the_new_time(rig: Agent
                     (PATIENT_PHONE,))
     said = _agent_text(rig, caller.call_id or "")
     moved = [row for row in after if (row[0], row[1]) not in before]
-    assert moved, f"calendar unchanged; the agent said: {said}"
+    assert moved, f"calendar unchanged; the call:\n{_call_story(rig, caller.call_id or '')}"
     start = moved[0][2]  # e.g. 2026-12-01T09:00:00
     hour = int(start[11:13])
     spoken_hours = {str(hour), str(hour % 12 or 12), f"{hour:02d}"}
     said_time = re.findall(r"\b(\d{1,2})(?::\d\d)?\s*(?:am|pm|a\.m\.|p\.m\.|o'clock)?", said.lower())
     assert "tuesday" in said.lower() and spoken_hours & set(said_time), \
-        f"new slot {start} not told to the caller: {said}"
+        f"new slot {start} not told to the caller:\n{_call_story(rig, caller.call_id or '')}"
 
 
 async def test_insurance_question_is_put_through_to_billing(

@@ -12,6 +12,7 @@ record id in the call's facts, else by the phone number they give, else by calle
 from __future__ import annotations
 
 import copy
+import re
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -381,28 +382,99 @@ class Book(_CalendarTool):
         return {"booked": True, "appointment_id": cursor.lastrowid, **slot.to_json()}
 
 
+_TIME_WORDS = re.compile(r"\b(\d{1,2})(?:[:.](\d{2}))?\s*(am|pm|a\.m\.?|p\.m\.?)?(?!\d)")
+
+
+def wanted_time(text: str | None) -> tuple[int, int] | None:
+    """(hour, minute) from "9 am", "2:30 pm", "14:00", "half past nine" is not understood;
+    a bare "2" or "3" means the afternoon (nobody books 3 in the morning)."""
+    if not text:
+        return None
+    match = _TIME_WORDS.search(text.lower())
+    if match is None:
+        return None
+    hour, minute = int(match.group(1)), int(match.group(2) or 0)
+    marker = (match.group(3) or "").replace(".", "")
+    if marker == "pm" and hour < 12:
+        hour += 12
+    elif marker == "am" and hour == 12:
+        hour = 0
+    elif not marker and 1 <= hour <= 6:
+        hour += 12
+    if hour > 23 or minute > 59:
+        return None
+    return hour, minute
+
+
 class Move(_CalendarTool):
+    """Moves the caller's appointment to a free slot named by `slot_id` (from find_slots) or
+    by `new_day` and `new_time` as the caller said them: a small model that skips find_slots
+    or invents a slot id still names the day right."""
+
     builtin = "calendar.move"
     default_description = "Move the caller's appointment to another free slot."
     PARAMETERS: ClassVar[JsonDict] = {
         "type": "object",
         "properties": {
+            "new_day": {
+                "type": "string",
+                "description": 'The new day as the caller said it ("tuesday next week").',
+            },
+            "new_time": {
+                "type": "string",
+                "description": 'The new time ("9 am", "2:30 pm"), or "morning"/"afternoon"; '
+                "leave out for the first free time.",
+            },
             "slot_id": {
                 "type": "integer",
-                "description": "The new slot the caller chose (its slot_id from find_slots).",
+                "description": "The slot_id from find_slots of the time they chose, if any.",
             },
             "current_day": _CURRENT_DAY_PROPERTY,
             "phone": _PHONE_PROPERTY,
         },
-        "required": ["slot_id"],
+        "required": ["new_day"],
     }
+
+    def _new_slot(
+        self, conn: sqlite3.Connection, arguments: JsonDict, now: datetime
+    ) -> _Slot:
+        """The slot_id's slot when it exists and lies on new_day (or no day was given);
+        otherwise the free slot on new_day at new_time (the first free one without a time)."""
+        said_day = text_arg(arguments, "new_day")
+        day = resolve_day(said_day, now.date(), order=self.date_order) if said_day else None
+        if said_day and day is None:
+            raise ToolRefused(f"could not understand the day {said_day[:40]!r}; ask again")
+        slot_id = int_arg(arguments, "slot_id")
+        if slot_id is not None or day is None:
+            row = None
+            if slot_id is not None:
+                row = conn.execute(
+                    "SELECT id, start, provider FROM slots WHERE id = ?", (slot_id,)
+                ).fetchone()
+            slot = self._slot(row) if row is not None else None
+            if day is None or (slot is not None and slot.start.date() == day):
+                return self._chosen_slot(conn, arguments, now)
+        assert day is not None
+        said_time = text_arg(arguments, "new_time")
+        part = said_time if said_time in ("morning", "afternoon", "evening") else None
+        free = self._free_slots(conn, day, day, now, part)
+        if not free:
+            raise ToolRefused(f"no free time on {spoken_date(day)}; offer another day")
+        clock = wanted_time(said_time)
+        if clock is None:
+            return free[0]
+        for slot in free:
+            if (slot.start.hour, slot.start.minute) == clock:
+                return slot
+        times = ", ".join(spoken_time(s.start) for s in free[:5])
+        raise ToolRefused(f"that time is not free on {spoken_date(day)}; free times: {times}")
 
     def _run(
         self, conn: sqlite3.Connection, arguments: JsonDict, context: ToolContext, now: datetime
     ) -> JsonDict:
         with _db.write_transaction(conn):
             appointment_id, old = self._one_appointment(conn, arguments, context, now)
-            new = self._chosen_slot(conn, arguments, now)
+            new = self._new_slot(conn, arguments, now)
             updated = conn.execute(
                 "UPDATE appointments SET slot_id = ? WHERE id = ? AND status = 'booked'",
                 (new.id, appointment_id),
