@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from agentd.call.echo import EchoConfig
 from agentd.call.events import CallObserver, LogObserver
 from agentd.call.loop import AgentServices, CallLoopConfig, agent_handler
 from agentd.call.phrases import PhraseBook, policy_phrases
@@ -45,6 +46,7 @@ def loop_config(config: Any) -> CallLoopConfig:
         ack_when_content_after_s=call.ack_when_content_after_s,
         filler_after_ack_s=call.filler_after_ack_s,
         prefill=call.prefill,
+        echo=EchoConfig(enabled=call.echo_guard, max_delay_ms=call.echo_max_delay_ms),
         dtmf_gap_s=call.dtmf_gap_s,
         reprompt_after_s=call.reprompt_after_s,
     )

@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from agentd.call.echo import EchoConfig, EchoGuard
 from agentd.call.events import (
     BargeInRecord,
     CallObserver,
@@ -99,6 +100,7 @@ class CallLoopConfig:
     filler_after_ack_s: float = 0.8  # dead air after an acknowledgement before a filler
     phrase_edge_s: float = 0.03  # silence kept at each end of a cached filler/acknowledgement
     prefill: bool = True  # run the dialog's prefill on partial and prepared transcripts
+    echo: EchoConfig = field(default_factory=EchoConfig)  # the agent's own voice coming back
     tool_filler_after_s: float = 0.3  # dead air while a tool runs before a filler
     max_fillers_per_turn: int = 2
     dtmf_gap_s: float = 1.5  # digits are collected until '#', a mapped key or this gap
@@ -225,6 +227,11 @@ class CallLoop:
         self.call_ref: str = str(getattr(leg, "reference", "call"))
         self.observer = services.observer
         self.turns = TurnTaker(self.config.turns)
+        # Line echo of the agent's voice must not read as the caller barging in: each
+        # received frame is judged against what we sent (the VAD thread reports later, so
+        # the verdicts wait here, keyed by the frame's time on the call clock).
+        self._echo = EchoGuard(self.config.echo)
+        self._echo_verdicts: deque[tuple[float, bool]] = deque(maxlen=500)
         self.session: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
@@ -315,6 +322,8 @@ class CallLoop:
         async for pcm in self.media.frames():
             self._now += FRAME_S
             self._frames.append((self._now, pcm))
+            if self.config.echo.enabled:
+                self._echo_verdicts.append((self._now, not self._echo.near_end(pcm, self._now)))
             if self._asr_open:
                 self._asr.audio(pcm)
             self._ears.feed(pcm)
@@ -345,11 +354,20 @@ class CallLoop:
     @_guarded
     def _on_vad(self, t: float, probability: float, events: list[VadEvent]) -> None:
         self._vad_now = t
-        self._act(self.turns.frame(t, probability, events))
+        self._act(self.turns.frame(t, probability, events, echo_only=self._echo_only(t)))
         if self._asr_open and self._asr_quiet and self.turns.caller_speaking:
             self._asr_quiet = False
             assert self._asr is not None
             self._asr.speech()
+
+    def _echo_only(self, t: float) -> bool | None:
+        """The echo guard's verdict for the frame the VAD reports at `t` (None: not judged)."""
+        verdicts = self._echo_verdicts
+        while verdicts and verdicts[0][0] < t - 1e-6:
+            verdicts.popleft()
+        if verdicts and abs(verdicts[0][0] - t) <= 1e-6:
+            return verdicts.popleft()[1]
+        return None
 
     @_guarded
     def _on_partial(self, utterance: int, text: str) -> None:
@@ -594,6 +612,11 @@ class CallLoop:
             self._pump(reply)
             self._tick()
 
+    def _send(self, pcm: np.ndarray, heard_at: float) -> None:
+        """Queue agent audio, noting for the echo guard when it goes on the wire."""
+        self.media.send(pcm)
+        self._echo.far_end(pcm, heard_at)
+
     def _position(self) -> int:
         return int(self.media.played_samples) + int(self.media.queued_samples)
 
@@ -610,7 +633,7 @@ class CallLoop:
                 # When the caller will hear it: now, plus the audio queued ahead of it.
                 heard_at = self._now + int(self.media.queued_samples) / TELEPHONE_RATE
                 start = self._position()
-                self.media.send(chunk)
+                self._send(chunk, heard_at)
                 clause.spans.append((start, start + chunk.size))
                 reply.idle_since = None
                 if reply.first_audio_at is None:
@@ -627,6 +650,7 @@ class CallLoop:
         if the reply resumes."""
         reply.held = True
         self.media.flush()
+        self._echo.flush(self._now + FRAME_S)
         played = int(self.media.played_samples)
         for clause in reply.clauses:
             clause.spans = [(s, min(e, played)) for s, e in clause.spans if s < played]
@@ -787,7 +811,7 @@ class CallLoop:
             return
         self._acks += 1
         start = self._position()
-        self.media.send(audio)
+        self._send(audio, self._now + int(self.media.queued_samples) / TELEPHONE_RATE)
         self._ack = _Clause(text, spoken=False, chunks=[audio], complete=True, sent=1,
                             spans=[(start, start + audio.size)])
         self._ack_at = self._now

@@ -464,6 +464,15 @@ class CallConfig(Section):
         description="Let the LLM read the caller's words while they still speak (faster "
         "replies, more CPU).",
     )
+    echo_guard: bool = Field(
+        True,
+        description="Ignore caller-side sound no louder than the echo of the agent's own "
+        "voice (line echo must not cut the agent off); off for lines without echo.",
+    )
+    echo_max_delay_ms: Number = Field(
+        200.0, ge=20, le=1000,
+        description="Longest echo path the guard allows for (network + jitter buffer), in ms.",
+    )
     dtmf_gap_s: Number = Field(
         1.5,
         gt=0,

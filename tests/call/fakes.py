@@ -184,8 +184,10 @@ class FakeMedia:
     """Plays 160 queued samples per frame tick and yields one caller frame per tick, in lock
     step with the VAD (the next frame waits until the previous one was analysed)."""
 
-    def __init__(self, vad: FakeVad, pace_s: float = 0.002, max_frames: int = 3000) -> None:
+    def __init__(self, vad: FakeVad, pace_s: float = 0.002, max_frames: int = 3000,
+                 echo_gain: float = 0.0) -> None:
         self.vad = vad
+        self.echo_gain = echo_gain  # the line returns this share of what was played
         self.pace_s = pace_s
         self.max_frames = max_frames
         self.caller: deque[np.ndarray] = deque()
@@ -196,6 +198,7 @@ class FakeMedia:
         self.sends: list[tuple[int, int]] = []  # (tick, samples)
         self.flushes: list[int] = []  # ticks
         self.closed = False
+        self.last_played = np.zeros(FRAME, np.int16)
 
     # caller script
     def say(self, amplitude: int, seconds: float) -> None:
@@ -233,9 +236,11 @@ class FakeMedia:
 
     def _play(self) -> None:
         need, played = FRAME, 0
+        out = np.zeros(FRAME, np.int16)
         while need and self.queue:
             head = self.queue[0]
             take = min(need, head.size)
+            out[played:played + take] = head[:take]
             if take == head.size:
                 self.queue.popleft()
             else:
@@ -244,6 +249,7 @@ class FakeMedia:
             played += take
         self.played_samples += played
         self.played_at.append(played)
+        self.last_played = out
 
     async def frames(self) -> Any:
         while not self.closed and self.tick < self.max_frames:
@@ -256,7 +262,11 @@ class FakeMedia:
                 return
             self._play()
             self.tick += 1
-            yield self.caller.popleft() if self.caller else np.zeros(FRAME, np.int16)
+            frame = self.caller.popleft() if self.caller else np.zeros(FRAME, np.int16)
+            if self.echo_gain:
+                echo = self.last_played.astype(np.float64) * self.echo_gain
+                frame = np.clip(frame + echo, -32768, 32767).astype(np.int16)
+            yield frame
 
     def last_audio_tick(self, before: int | None = None) -> int:
         ticks = [i for i, n in enumerate(self.played_at) if n and (before is None or i < before)]

@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from agentd.call.echo import EchoConfig
 from agentd.call.loop import AgentServices, CallLoop, CallLoopConfig
 from agentd.call.phrases import PhraseBook
 from agentd.call.scheduler import TtsScheduler
@@ -49,10 +50,10 @@ CLAUSES = ["One two three four.", "Five six seven eight.", "Nine ten eleven twel
 
 class Call:
     def __init__(self, session: FakeSession, *, transfer_ok: bool = True,
-                 **config: object) -> None:
+                 echo_gain: float = 0.0, **config: object) -> None:
         self.session = session
         self.vad = FakeVad()
-        self.media = FakeMedia(self.vad, pace_s=0.004)
+        self.media = FakeMedia(self.vad, pace_s=0.004, echo_gain=echo_gain)
         self.leg = FakeLeg(self.media, transfer_ok=transfer_ok)
         self.observer = Observer()
         self.tts_engine = FakeTts()
@@ -173,6 +174,39 @@ async def test_backchannel_does_not_cut_the_agent_off() -> None:
         assert call.observer.barge_ins and call.observer.barge_ins[0].resumed
         total = sum(tts_samples(c) for c in CLAUSES)
         assert call.media.played_samples >= int(GREETING_S * 8000) + total
+
+
+async def test_line_echo_of_the_agent_does_not_cut_it_off() -> None:
+    session = FakeSession()
+    async with Call(session, echo_gain=0.5) as call:  # the line returns the agent 6 dB down
+        await _reply_playing(call, session)
+        await call.until(lambda: len(call.speech_records()) == 1, timeout=15)
+        record = call.speech_records()[0]
+        assert not record.interrupted and record.played_text == " ".join(CLAUSES)
+        assert not call.media.flushes and not call.observer.barge_ins
+        assert session.turns == [(BOOK, False)]  # the echo never became a caller turn
+
+
+async def test_without_the_echo_guard_the_echo_would_cut_the_agent_off() -> None:
+    # The control for the test above: the fake line's echo is loud enough to read as speech.
+    session = FakeSession()
+    async with Call(session, echo_gain=0.5, echo=EchoConfig(enabled=False)) as call:
+        await call.greeted()
+        call.media.say(1000, 0.8)
+        session.scripts.append([Say(text) for text in CLAUSES])
+        await call.until(lambda: bool(call.media.flushes), timeout=15)
+
+
+async def test_caller_talking_over_the_echo_still_barges_in() -> None:
+    session = FakeSession()
+    async with Call(session, echo_gain=0.5) as call:
+        await _reply_playing(call, session)
+        session.scripts.append([Say("Okay, cancelling.")])
+        call.media.say(3000, 1.2)
+        call.media.pause(2.0)
+        await call.until(lambda: bool(session.interruptions))
+        await call.until(lambda: len(session.turns) == 2)
+        assert session.turns[1] == (CANCEL, False)
 
 
 async def test_slow_reply_gets_a_filler_instead_of_dead_air() -> None:
