@@ -35,6 +35,7 @@ def loop_config(config: Any) -> CallLoopConfig:
             incomplete_hold_s=call.incomplete_hold_s,
             backchannel_max_s=call.backchannel_max_s,
             hold_max_s=call.hold_max_s,
+            early_hold_s=call.early_hold_s,
             backchannels=frozenset(call.backchannels),
         ),
         preroll_s=call.preroll_s,

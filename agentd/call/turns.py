@@ -57,6 +57,11 @@ CONTINUATION_WORDS: frozenset[str] = frozenset({
     "that", "i", "i'm", "it's", "was", "are", "from", "about",
 })
 _EPS = 1e-6  # time comparisons on float clocks
+FRAME_S = 0.02  # one VAD step (a 20 ms frame)
+# An early hold ends (the agent plays on) after this many quiet frames or this long without
+# the VAD confirming speech.
+_EARLY_RELEASE_FRAMES = 3
+_EARLY_HOLD_MAX_S = 0.5
 _WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
 
 
@@ -69,6 +74,11 @@ class TurnConfig:
     incomplete_hold_s: float = 0.6
     backchannel_max_s: float = 0.8
     hold_max_s: float = 1.5
+    # While the agent talks, pause it after this much speech-like sound, before the VAD's
+    # own confirmation (its min_speech_ms, 200 ms): the stop then lands within ~150 ms of
+    # the caller's first word. A burst the VAD never confirms resumes the agent. None: pause
+    # only at the VAD's confirmation.
+    early_hold_s: float | None = 0.1
     backchannels: frozenset[str] = field(default=DEFAULT_BACKCHANNELS)
     echo_confirm_frames: int = 2  # frames in a row more than echo before speech is the caller's
 
@@ -204,6 +214,10 @@ class TurnTaker:
         self._caller_frames = 0  # frames in a row judged more than echo (or not judged)
         self._caller_from = 0.0  # where that run of frames starts
         self._echo_wait = False  # the VAD hears speech, but so far only the agent's echo
+        self._loud_since: float | None = None  # start of the current speech-like run
+        self._quiet_frames = 0  # frames in a row under neg_threshold
+        self._tentative = False  # holding on an early hold the VAD has not confirmed yet
+        self._early_spent = False  # this run already had its early hold: no second one
 
     # -- state the loop reads --
 
@@ -226,6 +240,7 @@ class TurnTaker:
         self._agent_active = active
         if not active and self._holding:
             self._holding = False  # nothing left to resume: an ordinary utterance now
+            self._tentative = False
         if active and self._phase is _Phase.UTTERANCE and not self._holding:
             # A reply is ready while the caller is (again) speaking: it waits for the same
             # decision as a barge-in would.
@@ -270,6 +285,7 @@ class TurnTaker:
             # The caller came in over the echo: their speech starts with this run of frames.
             self._echo_wait = False
             self._open(now, self._caller_from, out)
+        self._early_hold(now, probability, echo, out)
         if self._phase is _Phase.UTTERANCE:
             if probability >= cfg.threshold:
                 if self._silence_at is not None:
@@ -300,6 +316,7 @@ class TurnTaker:
         """Forget the utterance in progress (the loop dropped it, e.g. on hang-up)."""
         self._phase = _Phase.LISTENING
         self._holding = False
+        self._tentative = False
         self._silence_at = None
         self._vad_end = None
         self._prepared = None
@@ -314,8 +331,42 @@ class TurnTaker:
         self._vad_end = None
         self._prepared = None
         out.append(OpenUtterance(start_at))
-        if self._agent_active:
+        if self._tentative:  # already paused by the early hold: now it is a real utterance
+            self._tentative = False
+        elif self._agent_active:
             self._holding = True
+            self._hold_at = now
+            self.stats.holds += 1
+            out.append(HoldAgent(now))
+
+    def _early_hold(self, now: float, probability: float, echo: bool,
+                    out: list[TurnAction]) -> None:
+        cfg = self.config
+        if probability >= cfg.threshold and not echo:
+            self._quiet_frames = 0
+            if self._loud_since is None:
+                self._loud_since = now - FRAME_S
+        elif probability < cfg.neg_threshold or echo:
+            self._quiet_frames += 1
+            if self._quiet_frames >= _EARLY_RELEASE_FRAMES:
+                self._loud_since = None
+                self._early_spent = False
+        if self._phase is not _Phase.LISTENING:
+            return
+        if self._tentative:
+            # The VAD has not confirmed: a click or a short burst after all. Play on.
+            if self._loud_since is None or now - self._hold_at >= _EARLY_HOLD_MAX_S - _EPS:
+                self._tentative = False
+                self._holding = False
+                self._early_spent = self._loud_since is not None  # a steady sound: once
+                self.stats.backchannels += 1
+                out.append(ResumeAgent(""))
+            return
+        if (cfg.early_hold_s is not None and self._agent_active and not self._holding
+                and self._loud_since is not None and not self._early_spent
+                and now - self._loud_since >= cfg.early_hold_s - _EPS):
+            self._holding = True
+            self._tentative = True
             self._hold_at = now
             self.stats.holds += 1
             out.append(HoldAgent(now))

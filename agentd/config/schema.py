@@ -521,6 +521,14 @@ class CallConfig(Section):
         description="Longest the agent stays paused for caller speech before it gives up the "
         "turn, in s.",
     )
+    early_hold_s: Number | None = Field(
+        0.1,
+        ge=0.02,
+        le=1,
+        description="Pause the agent after this much caller speech, before the VAD confirms "
+        "it (a burst it never confirms resumes the agent), in s; null = at the VAD's "
+        "confirmation (speech.vad.min_speech_ms).",
+    )
     backchannels: tuple[HeaderText, ...] = Field(
         _DEFAULT_BACKCHANNELS,
         max_length=200,

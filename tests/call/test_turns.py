@@ -261,7 +261,7 @@ def test_the_caller_talking_over_the_echo_holds_the_agent_within_two_frames() ->
 
 
 def test_a_caller_already_over_the_echo_at_confirmation_holds_at_once() -> None:
-    d = Driver()
+    d = Driver(TurnConfig(early_hold_s=None))
     d.turns.agent_active(0.0, True)
     d.run(0.3, 0.9, echo_only=False)
     onset = d.now - 0.2
@@ -290,3 +290,63 @@ def test_cancel_forgets_a_pending_echo() -> None:
     d.turns.cancel()
     d.run(0.1, 0.9, echo_only=False)
     assert not d.of(OpenUtterance)  # needs a new VAD onset
+
+
+# ---- the early hold: pause before the VAD's confirmation -------------------------------------
+
+
+def test_agent_pauses_after_100_ms_of_speech_before_the_vad_confirms() -> None:
+    d = Driver(TurnConfig(early_hold_s=0.1))
+    d.turns.agent_active(0.0, True)
+    d.run(0.08, 0.9)
+    assert not d.of(HoldAgent)
+    d.run(STEP, 0.9)
+    holds = d.of(HoldAgent)
+    assert len(holds) == 1 and abs(holds[0].at - 0.1) < 1e-6 and d.turns.holding
+    assert not d.of(OpenUtterance)  # not an utterance until the VAD says speech
+    onset = d.now - 0.1
+    d.run(STEP, 0.9, [SpeechStarted(at=onset, probability=0.9)])
+    assert len(d.of(OpenUtterance)) == 1 and len(d.of(HoldAgent)) == 1  # no second pause
+    d.run(0.8, 0.9)  # they go on: a real interruption, timed from the VAD's onset
+    assert [b.reason for b in d.of(BargeIn)] == ["caller kept talking"]
+
+
+def test_a_burst_the_vad_never_confirms_resumes_the_agent() -> None:
+    d = Driver(TurnConfig(early_hold_s=0.1))
+    d.turns.agent_active(0.0, True)
+    d.run(0.14, 0.9)  # a cough: long enough to pause, too short for the VAD
+    assert len(d.of(HoldAgent)) == 1
+    d.run(0.1, 0.05)
+    resumed = d.of(ResumeAgent)
+    assert len(resumed) == 1 and resumed[0].heard == "" and not d.turns.holding
+    assert not d.of(OpenUtterance) and not d.of(BargeIn)
+
+
+def test_a_vad_that_hesitates_too_long_resumes_the_agent() -> None:
+    d = Driver(TurnConfig(early_hold_s=0.1))
+    d.turns.agent_active(0.0, True)
+    d.run(1.5, 0.9)  # a steady speech-like sound the VAD never confirms (a tone, music)
+    assert len(d.of(HoldAgent)) == 1 and len(d.of(ResumeAgent)) == 1  # paused once only
+    d.run(0.1, 0.05)
+    d.run(0.14, 0.9)  # after a quiet gap a new burst may pause the agent again
+    assert len(d.of(HoldAgent)) == 2
+
+
+def test_no_early_hold_on_echo_or_when_the_agent_is_quiet() -> None:
+    d = Driver(TurnConfig(early_hold_s=0.1))
+    d.turns.agent_active(0.0, True)
+    d.run(0.5, 0.9, echo_only=True)  # only the agent's own echo
+    assert not d.of(HoldAgent)
+    d.turns.agent_active(d.now, False)
+    d.run(0.1, 0.05)
+    d.run(0.3, 0.9)  # the caller speaks while the agent is silent: nothing to pause
+    assert not d.of(HoldAgent)
+
+
+def test_early_hold_off_waits_for_the_vad() -> None:
+    d = Driver(TurnConfig(early_hold_s=None))
+    d.turns.agent_active(0.0, True)
+    d.run(0.18, 0.9)
+    assert not d.of(HoldAgent)
+    d.run(STEP, 0.9, [SpeechStarted(at=d.now - 0.2, probability=0.9)])
+    assert len(d.of(HoldAgent)) == 1
