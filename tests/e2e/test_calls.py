@@ -1,6 +1,7 @@
 """End-to-end calls through Kamailio to `agentd run` with the dental example (issue 6 part 4).
 
-A scripted caller (tests/harness/caller.py) speaks espeak-ng utterances as real-time G.711 RTP
+A scripted caller (tests/harness/caller.py) speaks espeak-ng utterances (flite's clearer voice
+where names and dates must be heard right) as real-time G.711 RTP
 and times what comes back; the records store and the example's calendar are read afterwards.
 The LLM is the default 1.5B at temperature 0 with a fixed seed (the reschedule needs real
 decisions). Bounds on timed things are loose: this runs on a noisy 2-core box.
