@@ -131,7 +131,7 @@ def test_builds_every_tool_kind(policy_dir: Path) -> None:
     assert webhook.description == "Send the caller a confirmation text."
     guarded = tools["move_appointment"]
     assert isinstance(guarded, RequiresGuard) and isinstance(guarded.tool, Move)
-    assert guarded.confirm and guarded.parameters["required"] == ["slot_id"]
+    assert guarded.confirm and guarded.parameters["required"] == ["new_day"]
     assert tools["find_slots"].description  # builtins describe themselves for the LLM
     assert build_handoff_webhook(load(policy_dir)) is not None
 
