@@ -4,6 +4,7 @@
     .venv/bin/python tools/bench_speech.py [--quick] [--engines silero,whisper,vosk,...]
         [--threads 1] [--cache-dir DIR] [--json FILE]
         [--final-beam N] [--no-denoise] [--prompt TEXT | --prompt-policy POLICY.yaml]
+        [--asr-model whisper-tiny-en,whisper-base]
 
 Engines are built by agentd.speech.factory from the default `speech:` config and the model
 store (`agentd models list`), each in its own child process so load time and RSS are its own
@@ -28,6 +29,8 @@ ASR (whisper, vosk): each clip is fed in 20 ms frames followed by trailing silen
   `speech.asr` config: --final-beam (final_beam_size), --no-denoise (denoise: false),
   --prompt TEXT or --prompt-policy FILE (prompt = the policy's own words: business and agent
   name, knowledge topics, flow names, escalation topics and targets, open weekdays).
+  --asr-model ID[,ID...] benchmarks each Whisper model id (speech.asr.model) in its own
+  worker, one row each (default whisper-tiny-en), so models compare within one run.
   Vosk only installs with a Korean model here: its WER is measured on Korean espeak-ng clips
   and says nothing about English.
 TTS (piper, hibari, espeak, coqui if its model is installed): first chunk = time from
@@ -68,6 +71,7 @@ FRAME = 160  # 20 ms at 8 kHz
 RATE = 8000
 TAIL_S = 1.2  # audio fed after each clip, so end_of_turn can elapse
 ALL_ENGINES = ("silero", "whisper", "vosk", "piper", "hibari", "espeak", "coqui")
+DEFAULT_WHISPER = "whisper-tiny-en"
 KINDS = {"silero": "vad", "whisper": "asr", "vosk": "asr", "piper": "tts", "hibari": "tts",
          "espeak": "tts", "coqui": "tts"}
 TARGETS = {
@@ -136,6 +140,11 @@ def loaded(build: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
     return engine, {"load_s": time.perf_counter() - started, "rss_mb": rss_mb() - before}
 
 
+def kind_of(name: str) -> str:
+    """The kind of a result row: `whisper:whisper-base` is a whisper (asr) row."""
+    return KINDS[name.split(":", 1)[0]]
+
+
 def speech_config(engine: str, threads: int, asr_options: dict[str, Any] | None = None) -> Any:
     from agentd.config.schema import SpeechConfig
 
@@ -144,7 +153,7 @@ def speech_config(engine: str, threads: int, asr_options: dict[str, Any] | None 
     if engine == "vosk":
         section.update(engine="vosk", model="vosk-ko")
     elif engine == "whisper":
-        section.update(engine="whisper", model="whisper-tiny-en", **(asr_options or {}))
+        section.update({"engine": "whisper", "model": DEFAULT_WHISPER, **(asr_options or {})})
     elif engine == "coqui":
         section.update(engine="coqui", model="coqui-en-ljspeech-vits")
     elif kind == "tts":
@@ -390,7 +399,7 @@ def fmt(value: Any, spec: str = ".0f") -> str:
 
 def print_tables(results: dict[str, dict[str, Any]]) -> None:
     def rows(kind: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(name, r) for name, r in results.items() if KINDS[name] == kind]
+        return [(name, r) for name, r in results.items() if kind_of(name) == kind]
 
     def skipped(name: str, r: dict[str, Any]) -> bool:
         if "skipped" in r:
@@ -414,16 +423,17 @@ def print_tables(results: dict[str, dict[str, Any]]) -> None:
                   f"{r['splits']:6d} {r['missed']:6d} {r['clips']:5d}  "
                   f"{mark(r['rtf'], t['vad_rtf'])}")
     if rows("asr"):
+        width = max(8, *(len(name) for name, _ in rows("asr")))
         print("\nASR (final = SpeechEnded -> final transcript, real-time timeline; "
               "finish = the finish() call)")
-        print(f"{'engine':8} {'lang':>4} {'load s':>6} {'RSS MB':>6} {'RTF':>6} "
+        print(f"{'engine':{width}} {'lang':>4} {'load s':>6} {'RSS MB':>6} {'RTF':>6} "
               f"{'WER clean':>9} {'WER noisy':>9} {'final p50/p95 ms':>16} "
               f"{'finish p50/p95':>14} {'clips':>7}  targets")
         for name, r in rows("asr"):
             if skipped(name, r):
                 continue
             note = "" if r["language"] == "en" else f"  (WER on {r['language']} clips, not English)"
-            print(f"{name:8} {r['language']:>4} {r['load_s']:6.2f} {r['rss_mb']:6.0f} "
+            print(f"{name:{width}} {r['language']:>4} {r['load_s']:6.2f} {r['rss_mb']:6.0f} "
                   f"{r['rtf']:6.3f} {100 * r['wer_clean']:8.1f}% {100 * r['wer_noisy']:8.1f}% "
                   f"{fmt(r['final_p50_ms']):>7}/{fmt(r['final_p95_ms']):<8} "
                   f"{fmt(r['finish_p50_ms']):>6}/{fmt(r['finish_p95_ms']):<7} "
@@ -435,6 +445,8 @@ def print_tables(results: dict[str, dict[str, Any]]) -> None:
               f"{100 * t['wer_noisy']:.0f}% noisy (20 dB SNR); final <= "
               f"{t['asr_final_p50_ms']:.0f} ms p50")
         for name, r in rows("asr"):
+            if "skipped" in r:
+                continue
             print(f"  {name}: WER of one-shot transcribe() (no streaming, no VAD) "
                   f"{100 * r['oneshot_wer_clean']:.1f}% clean, "
                   f"{100 * r['oneshot_wer_noisy']:.1f}% noisy")
@@ -477,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     prompts.add_argument("--prompt", help="Whisper speech.asr.prompt")
     prompts.add_argument("--prompt-policy", type=Path,
                          help="Whisper prompt = this policy's own words (see above)")
+    parser.add_argument("--asr-model", default=DEFAULT_WHISPER,
+                        help="Whisper speech.asr.model id(s), comma-separated: one row each")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--asr-options", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -508,14 +522,23 @@ def main(argv: list[str] | None = None) -> int:
           f"{'quick' if args.quick else 'full'} run, {args.threads} thread(s) per engine, "
           f"{os.cpu_count()} CPUs")
     timeout_s = 100.0 if args.quick else 300.0
-    results: dict[str, dict[str, Any]] = {}
+    whisper_models = [m.strip() for m in args.asr_model.split(",") if m.strip()]
+    runs: list[tuple[str, str, dict[str, Any] | None]] = []  # (row, engine, asr options)
     for engine in engines:
+        if engine != "whisper":
+            runs.append((engine, engine, None))
+            continue
+        for model in whisper_models:
+            row = "whisper" if whisper_models == [DEFAULT_WHISPER] else f"whisper:{model}"
+            runs.append((row, engine, asr_options if row == "whisper" else
+                         {**asr_options, "model": model}))
+    results: dict[str, dict[str, Any]] = {}
+    for row, engine, options in runs:
         engine_started = time.monotonic()
-        results[engine] = run_worker(engine, str(testset.root.parent), args.quick,
-                                     args.threads, timeout_s,
-                                     asr_options if engine == "whisper" else None)
-        results[engine]["wall_s"] = time.monotonic() - engine_started
-        print(f"  {engine}: {results[engine]['wall_s']:.1f} s", file=sys.stderr)
+        results[row] = run_worker(engine, str(testset.root.parent), args.quick,
+                                  args.threads, timeout_s, options)
+        results[row]["wall_s"] = time.monotonic() - engine_started
+        print(f"  {row}: {results[row]['wall_s']:.1f} s", file=sys.stderr)
     print_tables(results)
     print(f"\ntotal {time.monotonic() - started:.0f} s")
     if args.json:
