@@ -7,8 +7,8 @@ Run through `tools/demo` (it installs what is needed first). Everything stays on
      Qwen2.5-Coder 1.5B at temperature 0), its calendar a fresh copy under the work dir.
   3. A baresip phone registers as 3001, the practice's billing desk.
   4. A scripted caller (James O'Connor, +447700900102, a flite voice) calls 2001:
-     asks where the practice is and talks over the answer (barge-in), moves his appointment
-     to Tuesday, then asks about insurance and is put through to billing (REFER).
+     moves his appointment to Tuesday, asks where the practice is and talks over the answer
+     (barge-in) with an insurance question, and is put through to billing (REFER).
      Each turn prints with its latency measured from the RTP packets.
   5. The call record (`agentd calls show`) is printed.
 With --keep the PBX and agentd stay up: register a softphone to the demo PBX as 3000
@@ -42,13 +42,15 @@ from tests.harness.ports import PortAllocator, is_free  # noqa: E402
 
 CALLER = "+447700900102"
 SCRIPT: list[tuple[str, str]] = [  # (what the caller does, what the caller says)
-    ("barge", "Where are you, and is there parking nearby?"),
-    ("say", "Sorry to interrupt. I need to move my appointment on Thursday."),
+    # The reschedule comes first: a barge-in before it leaves a cut reply in the model's
+    # history, and the 1.5B then lost track of the task (it looked up "2023-05-03" slots).
+    ("say", "Hello, I need to move my appointment on Thursday."),
     ("say", "James O'Connor, date of birth third of May nineteen eighty five."),
     ("say", "Could I come on Tuesday next week instead? Any time is fine."),
     ("say", "The first one please."),
     ("say", "Yes, that's right."),
-    ("transfer", "One more thing. Do you accept my insurance for a crown?"),
+    ("barge", "Where are you, and is there parking nearby?"),
+    ("transfer", "Sorry to interrupt. Do you accept my insurance for a crown?"),
 ]
 
 
@@ -172,6 +174,11 @@ def main() -> int:
         if not args.no_call:
             ref = asyncio.run(scripted_call(rig, deadline))
         if ref:
+            booked = rig.sql("dental.sqlite", "SELECT s.start FROM appointments a JOIN slots s "
+                             "ON s.id = a.slot_id WHERE a.phone = ? AND a.status = 'booked'",
+                             (CALLER,))
+            note("calendar: the caller's appointment is now at "
+                 + (", ".join(row[0] for row in booked) or "nothing booked"))
             assert rig.agentd is not None
             note(f"call record (agentd calls show {ref}):")
             subprocess.run([sys.executable, "-m", "agentd", "calls", "show", ref, "-c",
