@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", type=Path, default=Path("bench_latency.png"))
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--max-minutes", type=float, default=20.0)
-    parser.add_argument("--llm-threads", type=int, default=1, help="dialog.llm.threads")
+    parser.add_argument("--llm-threads", type=int, default=None,
+                        help="dialog.llm.threads (default: the example's config)")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     model = MODELS[args.model]
@@ -282,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-latency-"))
     results = Results()
     deadline = time.monotonic() + args.max_minutes * 60
-    print(f"model {model}, {args.llm_threads} LLM thread(s); work dir {workdir}", flush=True)
+    threads = args.llm_threads or "the example's"
+    print(f"model {model}, {threads} LLM thread(s); work dir {workdir}", flush=True)
     rig = AgentRig(workdir, model=model, max_calls=max(levels),
                    llm_threads=args.llm_threads).start()
     try:

@@ -1,4 +1,4 @@
-"""agentd demo: a PBX on loopback, the AI receptionist as extension 2001, one scripted call.
+"""agentd demo: a PBX on loopback, the AI receptionist as extension 2001, two scripted calls.
 
 Run through `tools/demo` (it installs what is needed first). Everything stays on 127.0.0.1:
   1. Kamailio starts as the PBX (digest auth; extension N has password pwN), on port 5060
@@ -6,11 +6,11 @@ Run through `tools/demo` (it installs what is needed first). Everything stays on
   2. agentd starts as extension 2001 answering with the dental example (Bright Smile Dental,
      Qwen2.5-Coder 1.5B at temperature 0), its calendar a fresh copy under the work dir.
   3. A baresip phone registers as 3001, the practice's billing desk.
-  4. A scripted caller (James O'Connor, +447700900102, a flite voice) calls 2001:
-     moves his appointment to Tuesday, asks where the practice is and talks over the answer
-     (barge-in) with an insurance question, and is put through to billing (REFER).
+  4. A scripted caller (James O'Connor, +447700900102, a flite voice) calls 2001 and moves
+     his appointment to Tuesday; then calls again, asks where the practice is, talks over
+     the answer (barge-in) with an insurance question, and is put through to billing (REFER).
      Each turn prints with its latency measured from the RTP packets.
-  5. The call record (`agentd calls show`) is printed.
+  5. The calendar's new state and both call records (`agentd calls show`) are printed.
 With --keep the PBX and agentd stay up: register a softphone to the demo PBX as 3000
 (password pw3000) and dial 2001 to talk to the agent yourself.
 """
@@ -41,16 +41,21 @@ from tests.harness.caller import ScriptedCaller  # noqa: E402
 from tests.harness.ports import PortAllocator, is_free  # noqa: E402
 
 CALLER = "+447700900102"
-SCRIPT: list[tuple[str, str]] = [  # (what the caller does, what the caller says)
-    # The reschedule comes first: a barge-in before it leaves a cut reply in the model's
-    # history, and the 1.5B then lost track of the task (it looked up "2023-05-03" slots).
-    ("say", "Hello, I need to move my appointment on Thursday."),
-    ("say", "James O'Connor, date of birth third of May nineteen eighty five."),
-    ("say", "Could I come on Tuesday next week instead? Any time is fine."),
-    ("say", "The first one please."),
-    ("say", "Yes, that's right."),
-    ("barge", "Where are you, and is there parking nearby?"),
-    ("transfer", "Sorry to interrupt. Do you accept my insurance for a crown?"),
+# Two calls, each a list of (what the caller does, what the caller says). The agent may
+# well say goodbye once the appointment is moved (the policy lets it), so the barge-in and
+# the transfer are a second call rather than lines that might never be reached.
+CALLS: list[list[tuple[str, str]]] = [
+    [
+        ("say", "Hello, I need to move my appointment on Thursday."),
+        ("say", "James O'Connor, date of birth third of May nineteen eighty five."),
+        ("say", "Could I come on Tuesday next week instead? Any time is fine."),
+        ("say", "The first one please."),
+        ("say", "Yes, that's right."),
+    ],
+    [
+        ("barge", "Where are you, and is there parking nearby?"),
+        ("transfer", "Sorry to interrupt. Do you accept my insurance for a crown?"),
+    ],
 ]
 
 
@@ -76,7 +81,8 @@ class Transcript:
             print(f"   agent : {turn['text']}{cut}", flush=True)
 
 
-async def scripted_call(rig: AgentRig, deadline: float) -> str | None:
+async def scripted_call(rig: AgentRig, script: list[tuple[str, str]],
+                        deadline: float) -> str | None:
     caller = ScriptedCaller(rig.pbx_address, from_user=CALLER)
     ref: str | None = None
     try:
@@ -92,7 +98,7 @@ async def scripted_call(rig: AgentRig, deadline: float) -> str | None:
         # Each line waits for what a caller waits for: agentd's answer finished (its turn
         # logged, found by kind and order, never by a fixed number) and the line quiet for
         # 0.7 s; the next line follows at once, well inside the 7 s silence re-prompt.
-        for action, text in SCRIPT:
+        for action, text in script:
             if caller.ended.is_set() or time.monotonic() > deadline:
                 break
             turn += 1
@@ -149,7 +155,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true",
                         help="leave the PBX and agentd running for a real softphone")
     parser.add_argument("--no-call", action="store_true", help="skip the scripted call")
-    parser.add_argument("--max-minutes", type=float, default=4.0)
+    parser.add_argument("--max-minutes", type=float, default=5.0)
     args = parser.parse_args()
     missing = missing_requirements(DEFAULT_MODEL)
     if shutil.which("baresip") is None:
@@ -170,19 +176,26 @@ def main() -> int:
                         sip_port=ports.port(), ctrl_port=ports.port(udp=False),
                         rtp_base=ports.port_range(20)).start()
         note("agentd registered as 2001; baresip registered as 3001 (billing desk)")
-        ref = None
-        if not args.no_call:
-            ref = asyncio.run(scripted_call(rig, deadline))
-        if ref:
+        refs: list[str] = []
+        for number, script in enumerate([] if args.no_call else CALLS, 1):
+            if time.monotonic() > deadline:
+                break
+            note(f"call {number} of {len(CALLS)}: the caller dials 2001")
+            ref = asyncio.run(scripted_call(rig, script, deadline))
+            if ref:
+                refs.append(ref)
+        if refs:
             booked = rig.sql("dental.sqlite", "SELECT s.start FROM appointments a JOIN slots s "
                              "ON s.id = a.slot_id WHERE a.phone = ? AND a.status = 'booked'",
                              (CALLER,))
             note("calendar: the caller's appointment is now at "
                  + (", ".join(row[0] for row in booked) or "nothing booked"))
             assert rig.agentd is not None
-            note(f"call record (agentd calls show {ref}):")
-            subprocess.run([sys.executable, "-m", "agentd", "calls", "show", ref, "-c",
-                            str(rig.agentd.config_path)], cwd=ROOT, timeout=30, check=False)
+            for ref in refs:
+                note(f"call record (agentd calls show {ref}):")
+                subprocess.run([sys.executable, "-m", "agentd", "calls", "show", ref, "-c",
+                                str(rig.agentd.config_path)], cwd=ROOT, timeout=30,
+                               check=False)
         if args.keep:
             note(f"PBX and agent stay up. Register a softphone to 127.0.0.1:{pbx_port} as "
                  "extension 3000 (user 3000, password pw3000) and dial 2001. Ctrl-C stops.")

@@ -78,7 +78,7 @@ class TurnConfig:
     # own confirmation (its min_speech_ms, 200 ms): the stop then lands within ~150 ms of
     # the caller's first word. A burst the VAD never confirms resumes the agent. None: pause
     # only at the VAD's confirmation.
-    early_hold_s: float | None = 0.1
+    early_hold_s: float | None = 0.06
     backchannels: frozenset[str] = field(default=DEFAULT_BACKCHANNELS)
     echo_confirm_frames: int = 2  # frames in a row more than echo before speech is the caller's
 

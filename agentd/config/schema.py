@@ -522,7 +522,7 @@ class CallConfig(Section):
         "turn, in s.",
     )
     early_hold_s: Number | None = Field(
-        0.1,
+        0.06,
         ge=0.02,
         le=1,
         description="Pause the agent after this much caller speech, before the VAD confirms "

@@ -107,7 +107,7 @@ class AgentRig:
 
     def __init__(self, workdir: Path, *, example: str = "dental", model: str = DEFAULT_MODEL,
                  max_calls: int = 4, pbx_port: int | None = None, sip_port: int | None = None,
-                 llm_threads: int = 1, ready_timeout: float = 240.0,
+                 llm_threads: int | None = None, ready_timeout: float = 240.0,
                  always_open: bool = True) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,9 @@ class AgentRig:
         dialog = dict(config["dialog"])
         dialog["policy_file"] = str(policy)
         llm = dict(dialog.get("llm", {}))
-        llm.update(model=self.model, threads=self.llm_threads, temperature=0.0, seed=42)
+        llm.update(model=self.model, temperature=0.0, seed=42)
+        if self.llm_threads is not None:  # else the example's own setting
+            llm["threads"] = self.llm_threads
         dialog["llm"] = llm
         return dialog
 

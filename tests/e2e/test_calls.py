@@ -22,8 +22,10 @@ from .rig import CLEAR_VOICE, AgentRig, caller_speech
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 PATIENT_PHONE = "+447700900102"   # James O'Connor in examples/dental/data/patients.csv
-BARGE_CONFIRM_MS = 200            # the VAD's min_speech_ms: speech is confirmed this late
-BARGE_STOP_BOUND_MS = 400         # issue target 150 ms after confirmation, noisy-box slack
+# Caller's first voiced packet -> agent silent, on the wire. The issue's target is 150 ms; on
+# top of the stop itself come the VAD noticing the onset (a fricative like "S" reads as
+# speech ~100 ms in), the 40 ms jitter buffer and a noisy shared box.
+BARGE_STOP_BOUND_MS = 450
 
 
 async def _greeted(rig: AgentRig, caller: ScriptedCaller) -> str:
@@ -147,17 +149,23 @@ async def test_barge_in_stops_the_agent(rig: AgentRig) -> None:
             "Where are you, and is there parking nearby?", tail_s=0.1))
         first = await caller.wait_voice(said.last_voiced, timeout=30)
         assert first is not None, "no reply"
-        # Let the reply play 1.2 s, then talk over it.
+        # Let the reply play, then talk over it while the agent is surely speaking (the
+        # first sound may be a short acknowledgement with a pause before the content).
         import asyncio
 
         await asyncio.sleep(1.2)
+        deadline = time.monotonic() + 20
+        while not caller.voiced_after(time.monotonic() - 0.2):
+            assert time.monotonic() < deadline, "the agent was not talking"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
         assert caller.voiced_after(time.monotonic() - 0.2), "the agent was not talking"
         barge = await caller.say(caller_speech("Sorry, hold on a second.", tail_s=0.0))
         stopped = await caller.wait_silent_from(barge.first_voiced, quiet_s=0.2, timeout=5)
         assert stopped is not None, "the agent kept talking"
-        stop_ms = (stopped - barge.first_voiced) * 1000 - BARGE_CONFIRM_MS
-        print(f"\nbarge-in: agent silent {stop_ms:.0f} ms after the caller's speech was "
-              f"confirmed ({stop_ms + BARGE_CONFIRM_MS:.0f} ms after its onset on the wire)")
+        stop_ms = (stopped - barge.first_voiced) * 1000
+        print(f"\nbarge-in: agent silent {stop_ms:.0f} ms after the caller's first voiced "
+              "packet on the wire")
         assert stop_ms <= BARGE_STOP_BOUND_MS
         await caller.hangup()
         rig.wait_call_finished(ref, 15)
@@ -185,9 +193,8 @@ async def test_hang_up_mid_reply_leaves_a_complete_record(rig: AgentRig) -> None
     row = rig.call_row(caller.call_id or "")
     assert row is not None
     assert row.end_reason == "remote hangup"
-    # The issue asks for "abandoned"; records.outcome_for calls a hang-up after the caller
-    # spoke "contained" (see the report) — either way the outcome must be written.
-    assert row.outcome in ("abandoned", "contained"), row.outcome
+    # The caller hung up while the agent was still answering them: abandoned, not contained.
+    assert row.outcome == "abandoned", row.outcome
     speakers = [t["speaker"] for t in row.turns]
     assert speakers.count("agent") >= 1 and "caller" in speakers, row.turns
     assert any("opening" in t["text"].lower() or "hours" in t["text"].lower()
