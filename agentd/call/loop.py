@@ -123,6 +123,15 @@ class AgentServices:
     observer: CallObserver = field(default_factory=NullObserver)
 
 
+def frame_dbfs(pcm: np.ndarray) -> float:
+    """RMS level of a frame in dBFS (digital silence reads -100)."""
+    samples = np.asarray(pcm, dtype=np.float64).reshape(-1)
+    if not samples.size:
+        return -100.0
+    rms = float(np.sqrt(np.mean(samples * samples)))
+    return 20.0 * np.log10(max(rms, 0.328) / 32768.0)
+
+
 def _guarded(method: F) -> F:
     """Callbacks posted from threads: a bug is logged, never lost in the loop."""
 
@@ -228,10 +237,11 @@ class CallLoop:
         self.observer = services.observer
         self.turns = TurnTaker(self.config.turns)
         # Line echo of the agent's voice must not read as the caller barging in: each
-        # received frame is judged against what we sent (the VAD thread reports later, so
-        # the verdicts wait here, keyed by the frame's time on the call clock).
+        # received frame is judged against what we sent, and its level taken (the VAD
+        # thread reports later, so these wait here, keyed by the frame's time on the call
+        # clock).
         self._echo = EchoGuard(self.config.echo)
-        self._echo_verdicts: deque[tuple[float, bool]] = deque(maxlen=500)
+        self._heard: deque[tuple[float, bool | None, float]] = deque(maxlen=500)
         self.session: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
@@ -322,8 +332,9 @@ class CallLoop:
         async for pcm in self.media.frames():
             self._now += FRAME_S
             self._frames.append((self._now, pcm))
-            if self.config.echo.enabled:
-                self._echo_verdicts.append((self._now, not self._echo.near_end(pcm, self._now)))
+            echo_only = (not self._echo.near_end(pcm, self._now)
+                         if self.config.echo.enabled else None)
+            self._heard.append((self._now, echo_only, frame_dbfs(pcm)))
             if self._asr_open:
                 self._asr.audio(pcm)
             self._ears.feed(pcm)
@@ -354,20 +365,24 @@ class CallLoop:
     @_guarded
     def _on_vad(self, t: float, probability: float, events: list[VadEvent]) -> None:
         self._vad_now = t
-        self._act(self.turns.frame(t, probability, events, echo_only=self._echo_only(t)))
+        echo_only, level = self._heard_at(t)
+        self._act(self.turns.frame(t, probability, events, echo_only=echo_only,
+                                   level_dbfs=level))
         if self._asr_open and self._asr_quiet and self.turns.caller_speaking:
             self._asr_quiet = False
             assert self._asr is not None
             self._asr.speech()
 
-    def _echo_only(self, t: float) -> bool | None:
-        """The echo guard's verdict for the frame the VAD reports at `t` (None: not judged)."""
-        verdicts = self._echo_verdicts
-        while verdicts and verdicts[0][0] < t - 1e-6:
-            verdicts.popleft()
-        if verdicts and abs(verdicts[0][0] - t) <= 1e-6:
-            return verdicts.popleft()[1]
-        return None
+    def _heard_at(self, t: float) -> tuple[bool | None, float | None]:
+        """The echo guard's verdict (None: not judged) and the level of the frame the VAD
+        reports at `t`."""
+        heard = self._heard
+        while heard and heard[0][0] < t - 1e-6:
+            heard.popleft()
+        if heard and abs(heard[0][0] - t) <= 1e-6:
+            _, echo_only, level = heard.popleft()
+            return echo_only, level
+        return None, None
 
     @_guarded
     def _on_partial(self, utterance: int, text: str) -> None:

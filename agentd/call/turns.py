@@ -62,6 +62,7 @@ FRAME_S = 0.02  # one VAD step (a 20 ms frame)
 # the VAD confirming speech.
 _EARLY_RELEASE_FRAMES = 3
 _EARLY_HOLD_MAX_S = 0.5
+_FLOOR_RISE_DB = 0.05  # per frame: 2.5 dB/s
 _WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
 
 
@@ -79,6 +80,11 @@ class TurnConfig:
     # the caller's first word. A burst the VAD never confirms resumes the agent. None: pause
     # only at the VAD's confirmation.
     early_hold_s: float | None = 0.06
+    # The early pause also counts frames that are clearly louder than the line's noise floor
+    # (and more than echo) as speech-like: the VAD scores a soft onset ("S...") as speech
+    # only ~100 ms in, the level rises at once. None: the VAD's probability alone.
+    onset_min_dbfs: float | None = -35.0
+    onset_above_floor_db: float = 15.0
     backchannels: frozenset[str] = field(default=DEFAULT_BACKCHANNELS)
     echo_confirm_frames: int = 2  # frames in a row more than echo before speech is the caller's
 
@@ -218,6 +224,7 @@ class TurnTaker:
         self._quiet_frames = 0  # frames in a row under neg_threshold
         self._tentative = False  # holding on an early hold the VAD has not confirmed yet
         self._early_spent = False  # this run already had its early hold: no second one
+        self._floor_dbfs: float | None = None  # the line's noise floor (slow-rising minimum)
 
     # -- state the loop reads --
 
@@ -251,7 +258,8 @@ class TurnTaker:
         return []
 
     def frame(self, now: float, probability: float, events: Sequence[VadEvent] = (),
-              echo_only: bool | None = None) -> list[TurnAction]:
+              echo_only: bool | None = None,
+              level_dbfs: float | None = None) -> list[TurnAction]:
         """One VAD step: its events (times already on `now`'s clock) and the probability;
         `echo_only`: the echo guard found this frame no more than the agent's echo (None:
         not judged)."""
@@ -285,7 +293,7 @@ class TurnTaker:
             # The caller came in over the echo: their speech starts with this run of frames.
             self._echo_wait = False
             self._open(now, self._caller_from, out)
-        self._early_hold(now, probability, echo, out)
+        self._early_hold(now, probability, echo, self._clearly_loud(level_dbfs), out)
         if self._phase is _Phase.UTTERANCE:
             if probability >= cfg.threshold:
                 if self._silence_at is not None:
@@ -339,14 +347,28 @@ class TurnTaker:
             self.stats.holds += 1
             out.append(HoldAgent(now))
 
-    def _early_hold(self, now: float, probability: float, echo: bool,
+    def _clearly_loud(self, level_dbfs: float | None) -> bool:
+        """Is this frame's level clearly above the line's noise floor? Tracks the floor."""
+        if level_dbfs is None:
+            return False
+        floor = self._floor_dbfs
+        if floor is None or level_dbfs < floor:
+            floor = level_dbfs
+        else:  # rises slowly, so speech never becomes the floor but a noisier line does
+            floor = min(level_dbfs, floor + _FLOOR_RISE_DB)
+        self._floor_dbfs = floor
+        cfg = self.config
+        return cfg.onset_min_dbfs is not None and level_dbfs >= max(
+            cfg.onset_min_dbfs, floor + cfg.onset_above_floor_db)
+
+    def _early_hold(self, now: float, probability: float, echo: bool, onset: bool,
                     out: list[TurnAction]) -> None:
         cfg = self.config
-        if probability >= cfg.threshold and not echo:
+        if (probability >= cfg.threshold or onset) and not echo:
             self._quiet_frames = 0
             if self._loud_since is None:
                 self._loud_since = now - FRAME_S
-        elif probability < cfg.neg_threshold or echo:
+        elif (probability < cfg.neg_threshold and not onset) or echo:
             self._quiet_frames += 1
             if self._quiet_frames >= _EARLY_RELEASE_FRAMES:
                 self._loud_since = None

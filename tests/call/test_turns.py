@@ -30,13 +30,13 @@ class Driver:
         self.actions: list[object] = []
 
     def run(self, seconds: float, probability: float, events: list[object] | None = None,
-            echo_only: bool | None = None) -> list[object]:
+            echo_only: bool | None = None, level: float | None = None) -> list[object]:
         got: list[object] = []
         first = True
         for _ in range(max(1, round(seconds / STEP))):
             self.now = round(self.now + STEP, 6)
             got += self.turns.frame(self.now, probability, (events or []) if first else [],
-                                    echo_only=echo_only)
+                                    echo_only=echo_only, level_dbfs=level)
             first = False
         self.actions += got
         return got
@@ -350,3 +350,46 @@ def test_early_hold_off_waits_for_the_vad() -> None:
     assert not d.of(HoldAgent)
     d.run(STEP, 0.9, [SpeechStarted(at=d.now - 0.2, probability=0.9)])
     assert len(d.of(HoldAgent)) == 1
+
+
+def test_a_loud_onset_pauses_the_agent_before_the_vad_scores_it() -> None:
+    d = Driver(TurnConfig(early_hold_s=0.06))
+    d.turns.agent_active(0.0, True)
+    d.run(1.0, 0.02, level=-60.0)  # a quiet line while the agent talks
+    d.run(0.04, 0.1, level=-25.0)  # "Sss...": loud, but the VAD is not sure yet
+    assert not d.of(HoldAgent)
+    d.run(STEP, 0.2, level=-24.0)
+    assert len(d.of(HoldAgent)) == 1  # 60 ms into the sound, not after the VAD's ~100 ms
+
+
+def test_the_level_onset_follows_the_noise_floor() -> None:
+    d = Driver(TurnConfig(early_hold_s=0.06))
+    d.turns.agent_active(0.0, True)
+    d.run(3.0, 0.02, level=-30.0)  # a noisy line: -30 dBFS of steady noise
+    d.run(0.3, 0.1, level=-26.0)  # a little louder: not 15 dB above the floor
+    assert not d.of(HoldAgent)
+    d.run(0.1, 0.1, level=-12.0)  # clearly above it
+    assert len(d.of(HoldAgent)) == 1
+
+
+def test_no_level_onset_on_echo_or_when_switched_off() -> None:
+    d = Driver(TurnConfig(early_hold_s=0.06))
+    d.turns.agent_active(0.0, True)
+    d.run(1.0, 0.02, level=-60.0)
+    d.run(0.3, 0.1, echo_only=True, level=-20.0)  # only the agent's echo
+    assert not d.of(HoldAgent)
+    off = Driver(TurnConfig(early_hold_s=0.06, onset_min_dbfs=None))
+    off.turns.agent_active(0.0, True)
+    off.run(1.0, 0.02, level=-60.0)
+    off.run(0.3, 0.1, level=-20.0)
+    assert not off.of(HoldAgent)
+
+
+def test_a_loud_click_the_vad_never_confirms_resumes_the_agent() -> None:
+    d = Driver(TurnConfig(early_hold_s=0.06))
+    d.turns.agent_active(0.0, True)
+    d.run(1.0, 0.02, level=-60.0)
+    d.run(0.08, 0.05, level=-15.0)  # a door slam
+    d.run(0.2, 0.02, level=-60.0)
+    assert len(d.of(HoldAgent)) == 1 and len(d.of(ResumeAgent)) == 1
+    assert not d.turns.holding and not d.of(OpenUtterance)
