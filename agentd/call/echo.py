@@ -23,6 +23,14 @@ ahead of it), `near_end` the time the received frame's last sample arrived. Beca
 loop's clock sees the receive path through the jitter buffer, `max_delay_ms` must cover the
 whole round trip as the loop sees it (line echo + network + jitter buffer), hence 200 ms.
 Audio flushed before it played (barge-in) is taken back with `flush(at)`.
+
+The line's actual echo return loss is measured as the call goes, as echo cancellers do: the
+loss of each received frame judged echo against the far peak of its window while the agent
+talks, the 10th percentile over the last second of them (frames with the caller in them are
+left out, so a barge-in cannot move it).
+Once a second of it is known, the margin becomes that loss less 10 dB when that is more
+lenient than the fixed margin. On a line that returns no echo the caller is then heard the
+moment they are above the line's noise, not only once they are louder than the agent.
 """
 
 from __future__ import annotations
@@ -36,6 +44,11 @@ RATE = 8000
 FRAME_SAMPLES = 160
 _FULL_SCALE = 32768.0
 _MAX_FAR_FRAMES = 30_000  # 10 min of queued agent audio; older entries are dropped first
+_LOSS_FRAMES = 50  # echo-return-loss samples kept: the last second of agent talk
+_LOSS_MIN_FRAMES = 25  # measured loss trusted from half a second of samples
+_LOSS_PERCENTILE = 10.0
+_LOSS_SAFETY_DB = 10.0  # the margin stays this far under the measured loss
+_LOSS_CAP_DB = 60.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,7 @@ class EchoGuard:
         self._hangover = self.config.hangover_ms / 1000.0
         self._far: deque[tuple[float, float, float]] = deque()  # (start, end, peak), by start
         self._passed_at: float | None = None  # end of the last frame that was more than echo
+        self._losses: deque[float] = deque(maxlen=_LOSS_FRAMES)  # dB, far peak over near peak
 
     def far_end(self, pcm: np.ndarray, at: float) -> None:
         """Agent audio (8 kHz int16, any length) whose first sample goes out at `at`."""
@@ -102,13 +116,31 @@ class EchoGuard:
         near_peak = float(np.abs(samples.astype(np.int32)).max())
         if far_peak <= 0.0:
             return True  # the agent sent nothing that could come back now
-        if near_peak > far_peak * self._gain + self._noise_peak:
+        if near_peak > far_peak * self._margin_gain() + self._noise_peak:
             self._passed_at = at
             return True
         if self._passed_at is not None and at - self._passed_at <= self._hangover + 1e-9:
             return True
+        if far_peak > 4 * self._noise_peak:
+            # Only echo (or line noise) while the agent talks: this frame measures the loss.
+            # Frames with the caller in them never do, so their speech cannot lower it.
+            loss = 20.0 * float(np.log10(far_peak / max(near_peak, 1.0)))
+            self._losses.append(min(max(loss, 0.0), _LOSS_CAP_DB))
         self.stats.echo_frames += 1
         return False
+
+    @property
+    def measured_loss_db(self) -> float | None:
+        """The line's echo return loss as measured so far (None until known)."""
+        if len(self._losses) < _LOSS_MIN_FRAMES:
+            return None
+        return float(np.percentile(np.fromiter(self._losses, float), _LOSS_PERCENTILE))
+
+    def _margin_gain(self) -> float:
+        loss = self.measured_loss_db
+        if loss is None:
+            return self._gain
+        return min(self._gain, float(10 ** (-(loss - _LOSS_SAFETY_DB) / 20)))
 
     def far_active(self, at: float, samples: int = FRAME_SAMPLES) -> bool:
         """Whether agent audio could be in a received frame of `samples` ending at `at`."""
@@ -117,6 +149,7 @@ class EchoGuard:
     def reset(self) -> None:
         self._far.clear()
         self._passed_at = None
+        self._losses.clear()
 
     # -- internals --
 

@@ -83,7 +83,7 @@ class TurnConfig:
     # The early pause also counts frames that are clearly louder than the line's noise floor
     # (and more than echo) as speech-like: the VAD scores a soft onset ("S...") as speech
     # only ~100 ms in, the level rises at once. None: the VAD's probability alone.
-    onset_min_dbfs: float | None = -35.0
+    onset_min_dbfs: float | None = -40.0  # ~ the level of a soft "s" on a phone line
     onset_above_floor_db: float = 15.0
     backchannels: frozenset[str] = field(default=DEFAULT_BACKCHANNELS)
     echo_confirm_frames: int = 2  # frames in a row more than echo before speech is the caller's

@@ -165,3 +165,21 @@ def test_disabled_guard_and_odd_input() -> None:
     assert not guard.near_end(np.full((1, F), 100, np.int16), 0.02)  # 2-D frame, echo-sized
     with pytest.raises(ValueError):
         EchoConfig(max_delay_ms=-1)
+
+
+def test_on_a_line_without_echo_a_quiet_caller_is_heard_over_a_loud_agent(
+        agent: np.ndarray, caller: np.ndarray) -> None:
+    # The caller 20 dB under the agent: the fixed Geigel margin would call them echo, but
+    # the line's measured loss (no echo at all) lets them through.
+    quiet = at_level(caller, LEVEL_DBFS - 20)
+    far, near = line(agent, 0, 100.0, caller=quiet, caller_at_s=1.5)
+    guard = EchoGuard()
+    passed, _ = run(guard, far, near)
+    assert guard.measured_loss_db is not None and guard.measured_loss_db > 20
+    start = int(1.5 * RATE) // F
+    count = min(len(quiet) // F, len(passed) - start)
+    speech = frame_rms_dbfs(quiet[: count * F]) > -45.0  # the caller's frames over the noise
+    caller_frames = passed[start:start + count][speech]
+    assert caller_frames.mean() > 0.7  # most of the caller gets through, not only vowels
+    first = int(np.argmax(speech))
+    assert passed[start + first] or passed[start + first + 1]  # at once, not at the vowels

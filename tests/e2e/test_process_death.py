@@ -45,8 +45,16 @@ async def _answered_turn(rig: AgentRig, caller: ScriptedCaller) -> str:
     assert ref is not None
     said = await caller.say(caller_speech("What are your opening hours?", tail_s=0.1))
     assert await caller.wait_voice(said.last_voiced, timeout=30) is not None, "no reply"
-    assert rig.wait_turn_logged(ref, 1, 60), "turn 1 never finished"
-    return ref
+    # Committed, not merely logged (the log line may come before the commit), and polled
+    # without blocking the event loop (the caller's RTP keeps flowing).
+    deadline = time.monotonic() + 60
+    while True:
+        row = rig.call_row(caller.call_id or "")
+        speakers = [t["speaker"] for t in row.turns] if row else []
+        if "caller" in speakers and speakers[-1] == "agent":
+            return ref
+        assert time.monotonic() < deadline, "the answered turn was never committed"
+        await asyncio.sleep(0.1)
 
 
 async def test_sigkill_mid_call_keeps_every_committed_turn(own_rig: AgentRig) -> None:
