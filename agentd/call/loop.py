@@ -97,7 +97,7 @@ class CallLoopConfig:
     ack_when_content_after_s: float | None = 0.5
     ack_initial_estimate_s: float = 1.0
     content_ewma_alpha: float = 0.5
-    filler_after_ack_s: float = 0.8  # dead air after an acknowledgement before a filler
+    filler_after_ack_s: float = 1.1  # dead air after an acknowledgement before a filler
     phrase_edge_s: float = 0.03  # silence kept at each end of a cached filler/acknowledgement
     prefill: bool = True  # run the dialog's prefill on partial and prepared transcripts
     echo: EchoConfig = field(default_factory=EchoConfig)  # the agent's own voice coming back

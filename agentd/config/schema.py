@@ -457,7 +457,7 @@ class CallConfig(Section):
         "caller's turn (learnt per call); null = never.",
     )
     filler_after_ack_s: Number = Field(
-        0.8, ge=0, le=10, description="Dead air after an acknowledgement before a filler, in s."
+        1.1, ge=0, le=10, description="Dead air after an acknowledgement before a filler, in s."
     )
     prefill: bool = Field(
         True,
