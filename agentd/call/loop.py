@@ -241,7 +241,7 @@ class CallLoop:
         # thread reports later, so these wait here, keyed by the frame's time on the call
         # clock).
         self._echo = EchoGuard(self.config.echo)
-        self._heard: deque[tuple[float, bool | None, float]] = deque(maxlen=500)
+        self._received: deque[tuple[float, bool | None, float]] = deque(maxlen=500)
         self.session: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
@@ -334,7 +334,7 @@ class CallLoop:
             self._frames.append((self._now, pcm))
             echo_only = (not self._echo.near_end(pcm, self._now)
                          if self.config.echo.enabled else None)
-            self._heard.append((self._now, echo_only, frame_dbfs(pcm)))
+            self._received.append((self._now, echo_only, frame_dbfs(pcm)))
             if self._asr_open:
                 self._asr.audio(pcm)
             self._ears.feed(pcm)
@@ -365,7 +365,7 @@ class CallLoop:
     @_guarded
     def _on_vad(self, t: float, probability: float, events: list[VadEvent]) -> None:
         self._vad_now = t
-        echo_only, level = self._heard_at(t)
+        echo_only, level = self._received_at(t)
         self._act(self.turns.frame(t, probability, events, echo_only=echo_only,
                                    level_dbfs=level))
         if self._asr_open and self._asr_quiet and self.turns.caller_speaking:
@@ -373,14 +373,14 @@ class CallLoop:
             assert self._asr is not None
             self._asr.speech()
 
-    def _heard_at(self, t: float) -> tuple[bool | None, float | None]:
-        """The echo guard's verdict (None: not judged) and the level of the frame the VAD
-        reports at `t`."""
-        heard = self._heard
-        while heard and heard[0][0] < t - 1e-6:
-            heard.popleft()
-        if heard and abs(heard[0][0] - t) <= 1e-6:
-            _, echo_only, level = heard.popleft()
+    def _received_at(self, t: float) -> tuple[bool | None, float | None]:
+        """The echo guard's verdict (None: not judged) and the level of the received frame
+        the VAD reports at `t`."""
+        received = self._received
+        while received and received[0][0] < t - 1e-6:
+            received.popleft()
+        if received and abs(received[0][0] - t) <= 1e-6:
+            _, echo_only, level = received.popleft()
             return echo_only, level
         return None, None
 
@@ -627,10 +627,13 @@ class CallLoop:
             self._pump(reply)
             self._tick()
 
-    def _send(self, pcm: np.ndarray, heard_at: float) -> None:
-        """Queue agent audio, noting for the echo guard when it goes on the wire."""
+    def _send(self, pcm: np.ndarray) -> float:
+        """Queue agent audio; returns when the caller will hear it (now, plus the audio
+        queued ahead of it), which the echo guard notes too."""
+        heard_at = self._now + int(self.media.queued_samples) / TELEPHONE_RATE
         self.media.send(pcm)
         self._echo.far_end(pcm, heard_at)
+        return heard_at
 
     def _position(self) -> int:
         return int(self.media.played_samples) + int(self.media.queued_samples)
@@ -645,10 +648,8 @@ class CallLoop:
                 clause.sent += 1
                 if not chunk.size:
                     continue
-                # When the caller will hear it: now, plus the audio queued ahead of it.
-                heard_at = self._now + int(self.media.queued_samples) / TELEPHONE_RATE
                 start = self._position()
-                self._send(chunk, heard_at)
+                heard_at = self._send(chunk)
                 clause.spans.append((start, start + chunk.size))
                 reply.idle_since = None
                 if reply.first_audio_at is None:
@@ -826,7 +827,7 @@ class CallLoop:
             return
         self._acks += 1
         start = self._position()
-        self._send(audio, self._now + int(self.media.queued_samples) / TELEPHONE_RATE)
+        self._send(audio)
         self._ack = _Clause(text, spoken=False, chunks=[audio], complete=True, sent=1,
                             spans=[(start, start + audio.size)])
         self._ack_at = self._now
