@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -64,6 +63,7 @@ from agentd.call.turns import (
 )
 from agentd.call.workers import AsrWorker, DialogWorker, Ears, Prefiller
 from agentd.dialog.types import EndCall, Say, ToolFinished, ToolStarted, TransferRequested
+from agentd.signature import accepts_keyword
 from agentd.speech.interfaces import (
     FRAME_SAMPLES,
     TELEPHONE_RATE,
@@ -303,8 +303,8 @@ class CallLoop:
                      call_id=str(getattr(self.leg, "call_id", "")))
         prefill = getattr(self.session, "prefill", None)
         if cfg.prefill and callable(prefill):
-            self._prefiller = Prefiller(prefill, final_kw=_takes(prefill, "final"),
-                                        stop_kw=_takes(prefill, "stop"),
+            self._prefiller = Prefiller(prefill, final_kw=accepts_keyword(prefill, "final"),
+                                        stop_kw=accepts_keyword(prefill, "stop"),
                                         name=f"prefill-{self.call_ref}")
         missing = [text for text in cfg.acknowledgements if self.services.phrases.get(text) is None]
         if missing and cfg.ack_when_content_after_s is not None:
@@ -976,13 +976,6 @@ class CallLoop:
     @property
     def records(self) -> list[TurnRecord]:
         return list(self._records)
-
-
-def _takes(function: Callable[..., Any], name: str) -> bool:
-    try:
-        return name in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _trim_silence(pcm: np.ndarray, *, lead_s: float | None, tail_s: float | None,

@@ -14,7 +14,6 @@ in order).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -25,6 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from agentd.signature import accepts_keyword
 from agentd.speech.interfaces import CancelToken, TtsEngine
 
 log = logging.getLogger("agentd.call")
@@ -117,8 +117,8 @@ class ScheduledLlm:
         self.gate = gate or LlmGate()
         self.name = getattr(backend, "name", "llm")
         prefill = getattr(backend, "prefill", None)
-        self._prefill_stops = _has_parameter(prefill, "stop")
-        self._prefill_schema = _has_parameter(prefill, "schema")
+        self._prefill_stops = accepts_keyword(prefill, "stop")
+        self._prefill_schema = accepts_keyword(prefill, "schema")
 
     def generate(self, messages: Any, schema: Any, **kwargs: Any) -> Any:
         cancel = kwargs.get("cancel")
@@ -153,13 +153,6 @@ class ScheduledLlm:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.backend, name)
-
-
-def _has_parameter(function: Any, name: str) -> bool:
-    try:
-        return callable(function) and name in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 # ---- TTS -------------------------------------------------------------------------------------

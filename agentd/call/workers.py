@@ -7,7 +7,6 @@ every thread ends when told to stop (or when its owner drops it: daemon threads)
 
 from __future__ import annotations
 
-import inspect
 import logging
 import queue
 import threading
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from agentd.signature import accepts_keyword
 from agentd.speech.interfaces import AsrEngine, AsrStream, Transcript, VadEvent, VadStream
 
 log = logging.getLogger("agentd.call")
@@ -219,10 +219,7 @@ class AsrWorker:
         if stream is None or not pcm.size:
             return
         if self._partial_kw is None:
-            try:
-                self._partial_kw = "partial" in inspect.signature(stream.accept).parameters
-            except (TypeError, ValueError):
-                self._partial_kw = False
+            self._partial_kw = accepts_keyword(stream.accept, "partial")
         if self._partial_kw:
             partial = stream.accept(pcm, partial=not self._quiet)  # type: ignore[call-arg]
         else:

@@ -70,6 +70,7 @@ from agentd.dialog.types import (
     TranscriptLine,
     TransferRequested,
 )
+from agentd.signature import accepts_keyword
 
 log = logging.getLogger(__name__)
 
@@ -579,9 +580,9 @@ class DialogSession:
         messages = self._messages(history)
         pending = self._pending is not None and is_affirmative(text)
         kwargs: dict[str, Any] = {}
-        if stop is not None and _accepts(prefill, "stop"):
+        if stop is not None and accepts_keyword(prefill, "stop"):
             kwargs["stop"] = stop
-        if final and not pending and _accepts(prefill, "schema"):
+        if final and not pending and accepts_keyword(prefill, "schema"):
             kwargs["schema"] = self.engine.schema  # the schema _think starts with
         prefill(messages, **kwargs)
 
@@ -1027,15 +1028,6 @@ class DialogSession:
 
 
 _NAME_KEY = re.compile(r"(?:^|_)(?:name|surname|customer|company)$")
-
-
-def _accepts(function: Callable[..., Any], name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _cut_inside_say(text: str) -> bool:
