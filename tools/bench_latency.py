@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-minutes", type=float, default=20.0)
     parser.add_argument("--llm-threads", type=int, default=None,
                         help="dialog.llm.threads (default: the example's config)")
+    parser.add_argument("--log-level", default="info",
+                        help="agentd's log level (debug: per-generation token counts)")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     model = MODELS[args.model]
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.llm_threads or "the example's"
     print(f"model {model}, {threads} LLM thread(s); work dir {workdir}", flush=True)
     rig = AgentRig(workdir, model=model, max_calls=max(levels),
-                   llm_threads=args.llm_threads).start()
+                   llm_threads=args.llm_threads, log_level=args.log_level).start()
     try:
         for level in levels:
             started = time.monotonic()

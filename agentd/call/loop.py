@@ -397,6 +397,8 @@ class CallLoop:
         if utterance != self._utterance:
             return
         self._prepared_text = text
+        log.debug("call %s: prepared final at %.2f s (%.0f ms decode): %r", self.call_ref,
+                  self._vad_now, ms, text)
         if (self._prefiller is not None and text.strip() and self._may_answer()
                 and self._asr_open):
             # Most likely the whole turn: the model reads it as it will answer it.
@@ -448,6 +450,8 @@ class CallLoop:
                 self._asr.finish()
                 self._asr_open = False
                 self._eot = action
+                log.debug("call %s: end of turn at %.2f s (speech end %.2f s)", self.call_ref,
+                          action.decided_at, action.speech_end_at)
                 self._eot_utterance = self._utterance
                 self._eot_loop_delay = max(0.0, self._now - self._vad_now)
                 self._last_activity = self._now

@@ -108,7 +108,7 @@ class AgentRig:
     def __init__(self, workdir: Path, *, example: str = "dental", model: str = DEFAULT_MODEL,
                  max_calls: int = 4, pbx_port: int | None = None, sip_port: int | None = None,
                  llm_threads: int | None = None, ready_timeout: float = 240.0,
-                 always_open: bool = True) -> None:
+                 always_open: bool = True, log_level: str = "info") -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.example = example
@@ -117,6 +117,7 @@ class AgentRig:
         self.llm_threads = llm_threads
         self.ready_timeout = ready_timeout
         self.always_open = always_open
+        self.log_level = log_level
         self._ports = PortAllocator()
         self.pbx_port = pbx_port or self._ports.port()
         self.sip_port = sip_port or self._ports.port()
@@ -161,7 +162,7 @@ class AgentRig:
             self.agentd = Agentd(
                 self.workdir / "agentd", registrar_port=self.pbx_port, sip_port=self.sip_port,
                 rtp_port_min=self._ports.port_range(40), rtp_port_count=40,
-                max_calls=self.max_calls, log_level="info",
+                max_calls=self.max_calls, log_level=self.log_level,
                 sections={"dialog": self.dialog_section(), "metrics": {"port": 0}})
             self.agentd.start(self.kamailio, timeout=60.0)
             if not self.agentd.wait_log(r"agent ready", self.ready_timeout):
