@@ -99,6 +99,26 @@ def model_path(model_id: str) -> Path:
     return found if found.is_file() else next(found.glob("*.gguf"))
 
 
+def batch_sizes(llm: LlamaBackend, context: int = 1800, sizes: tuple[int, ...] = (
+        1, 2, 4, 8, 12, 16, 24, 32)) -> None:
+    """Print the cost of evaluating `n` new tokens at once after `context` cached ones."""
+    model = llm._llm  # the raw llama.cpp context: this measures the kernels, not our code
+    filler = (SYSTEM_PROMPT + "\n") * 40
+    prefix = llm.tokenize(filler)[:context]
+    extra = llm.tokenize(" " + " ".join(line for line, _ in SCRIPT))[: max(sizes)]
+    model.n_tokens = 0
+    model.eval(prefix)
+    print(f"{'batch':>5} {'ms':>6} {'ms/token':>8}   (after {len(prefix)} cached tokens)")
+    for size in sizes:
+        best = float("inf")
+        for _ in range(3):
+            model.n_tokens = len(prefix)
+            started = time.perf_counter()
+            model.eval(extra[:size])
+            best = min(best, (time.perf_counter() - started) * 1000)
+        print(f"{size:>5} {best:>6.0f} {best / size:>8.1f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="qwen2.5-coder-1.5b-instruct-q4_k_m")
@@ -117,6 +137,12 @@ def main() -> int:
         help="prefill each caller line minus its last word before the turn (as while the "
         "caller still speaks)",
     )
+    parser.add_argument(
+        "--batches",
+        action="store_true",
+        help="instead of the call: ms per token of prompt evaluation by batch size, after a "
+        "context as long as a live call's (what sizes the prefill steps)",
+    )
     args = parser.parse_args()
 
     path = model_path(args.model)
@@ -134,6 +160,10 @@ def main() -> int:
         f"grammar={'full mask' if args.full_mask else 'greedy check'}, load now "
         f"{os.getloadavg()[0]:.1f}"
     )
+    if args.batches:
+        batch_sizes(llm)
+        llm.close()
+        return 0
     schema = turn_schema(TOOLS, TARGETS)
     messages = [ChatMessage("system", SYSTEM_PROMPT)]
     header = (

@@ -21,6 +21,7 @@ import codecs
 import ctypes
 import copy
 import json
+import logging
 import re
 import threading
 import time
@@ -35,6 +36,8 @@ from agentd.dialog.jsonstream import SayStream
 from agentd.dialog.schema import LlmError
 from agentd.dialog.types import Cancel, ChatMessage, GenerationStats, JsonDict
 
+log = logging.getLogger("agentd.llm")
+
 SAY_OPENING = '{"say":"'  # compact, as the model writes JSON and as prompt.py stores replies
 _SENTINEL = "\u2063\u2063agentd-prefill-cut\u2063\u2063"
 _CHATML = (
@@ -43,10 +46,14 @@ _CHATML = (
     "{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 _GRAMMAR_CACHE_SIZE = 8
-# Tokens per prefill step: a caller's words (a short tail) go in steps of ~0.4 s on one slow
-# core, so a waiting generate is not held up; a long prompt (the shared prefix warmed at
-# start-up) in bigger steps, which evaluate several times faster per token.
-_PREFILL_BATCH = 8
+# Tokens per prefill step. A step is where a waiting generate can take over, so it stays
+# near ~0.3 s; but llama.cpp's CPU matrix kernels are much faster per token from 16 tokens
+# a batch on (2 cores, 1.5B q4_K, 1.8k context: 8 tokens 237 ms, 12 313 ms, 16 277 ms,
+# tools/bench_dialog.py --batches), so a short tail (<= _PREFILL_ONE_STEP) goes in one step
+# and longer ones in steps of 16; a long prompt (the shared prefix warmed at start-up) in
+# steps of 64.
+_PREFILL_BATCH = 16
+_PREFILL_ONE_STEP = 20
 _PREFILL_LONG_BATCH = 64
 
 
@@ -409,13 +416,21 @@ class LlamaBackend:
                 tokens = self._tokenize_prompt(self.render(messages, add_generation_prompt=True))
             if len(tokens) >= self.n_ctx:
                 return
-            done = self._cached_prefix(tokens)
+            done = cached = self._cached_prefix(tokens)
+            started = time.perf_counter()
             while done < len(tokens) and not self._waiting and not (stop and stop()):
                 left = len(tokens) - done
-                step = done + min(left, _PREFILL_BATCH if left <= 64 else _PREFILL_LONG_BATCH)
+                if left <= _PREFILL_ONE_STEP:
+                    step = len(tokens)
+                else:
+                    step = done + min(left, _PREFILL_BATCH if left <= 64 else _PREFILL_LONG_BATCH)
                 self._llm.n_tokens = done
                 self._eval(tokens[done:step])
                 done = step
+            log.debug("prefill%s: %d tokens, %d cached, %d evaluated in %.0f ms%s",
+                      " to the reply" if schema is not None else "", len(tokens), cached,
+                      done - cached, (time.perf_counter() - started) * 1000.0,
+                      "" if done == len(tokens) else " (stopped)")
 
     # ---- grammar -------------------------------------------------------------------------
 
@@ -583,6 +598,9 @@ class LlamaBackend:
         self._memory.extend(reply_tokens, self._token_bytes)
         stats = self._stats(len(tokens), cached, generated, started, first_token_at)
         self.last_stats = stats
+        log.debug("generate: %d prompt tokens, %d cached, first token %.0f ms, %d tokens in "
+                  "%.0f ms", stats.prompt_tokens, stats.cached_tokens, stats.first_token_ms,
+                  generated, stats.total_ms)
         return reply, stats
 
     @staticmethod

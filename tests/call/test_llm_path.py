@@ -109,7 +109,7 @@ def test_final_prefill_through_the_gate_reaches_the_backend_with_the_schema() ->
     session.greeting()
     session.prefill("Are you open on", final=False)
     session.prefill("Are you open on Saturday?", final=True)
-    assert llm.prefill_schemas == [None, engine.schema]
+    assert llm.prefill_schemas == [engine.schema, engine.schema]  # a partial too
     list(session.turn("Are you open on Saturday?"))
     assert llm.prefilled[1] == llm.calls[0]
 

@@ -243,6 +243,49 @@ def test_long_clause_without_punctuation_is_cut() -> None:
     assert pieces == ["one two three four five six seven"]
 
 
+def _split(splitter: ClauseSplitter, text: str, step: int = 3) -> list[str]:
+    """Feed `text` a few characters at a time, as the model streams it."""
+    pieces = []
+    for i in range(0, len(text), step):
+        pieces += splitter.feed(text[i:i + step])
+    return pieces + splitter.flush()
+
+
+def test_first_piece_is_cut_early_before_a_phrase_of_its_own() -> None:
+    text = "Please give us at least 24 hours' notice to cancel or move an appointment."
+    assert _split(ClauseSplitter(), text) == [
+        "Please give us at least 24 hours' notice",
+        "to cancel or move an appointment."]
+    # Only the first piece: later sentences keep their punctuation-sized pieces.
+    text = "Yes. We open at 8 and close at 6 on weekdays and at 1 on Saturday."
+    assert _split(ClauseSplitter(), text) == [
+        "Yes.", "We open at 8 and close at 6 on weekdays and at 1 on Saturday."]
+
+
+def test_first_piece_waits_for_its_minimum_and_stops_at_its_maximum() -> None:
+    # Short first clauses keep their punctuation: no cut before 5 words.
+    assert _split(ClauseSplitter(), "We are open Monday to Friday, 8 am to 6 pm.") == [
+        "We are open Monday to Friday,", "8 am to 6 pm."]
+    # No break word: cut after 8 words at most.
+    text = "Your dentist Anna Smith sees new patients every single weekday morning."
+    assert _split(ClauseSplitter(), text) == [
+        "Your dentist Anna Smith sees new patients every", "single weekday morning."]
+    assert _split(ClauseSplitter(first_words=None), text) == [text]
+
+
+def test_a_cut_never_splits_a_never_say_phrase() -> None:
+    text = "I am sorry but I cannot give you medical advice on the phone today."
+    plain = _split(ClauseSplitter(first_words=(5, 8)), text)
+    assert plain[0] == "I am sorry but I cannot give you"
+    guarded = _split(ClauseSplitter(keep_together=["medical advice"]), text)
+    assert not any(p.endswith("medical") for p in guarded)
+    assert any("medical advice" in p for p in guarded)
+    text = "one two three four five six seven medical advice is what we never give out here"
+    pieces = _split(ClauseSplitter(max_words=6, first_words=None,
+                                   keep_together=["medical advice"]), text)
+    assert all("medical advice" in p or "medical" not in p for p in pieces)
+
+
 def test_system_prompt_is_byte_identical_across_turns_and_lists_policy() -> None:
     call = Call([reply("Hello."), reply("Sure.")])
     call.turn("hi")
@@ -737,9 +780,10 @@ def test_prefill_sends_exactly_the_messages_the_turn_will_send() -> None:
     # The final prefill is the turn's prompt, with the schema the turn starts with.
     assert llm.prefilled[1] == llm.calls[0] and llm.prefilled[3] == llm.calls[1]
     assert llm.prefill_schemas[1] == llm.schemas[0] == call.engine.schema
-    # A partial leaves the caller's message open (no schema): the words so far.
-    assert llm.prefill_schemas[0] is None and llm.prefilled[0][-1].role == "user"
-    assert "I'd like to" in llm.prefilled[0][-1].content
+    # A partial is prefilled as if it were the whole turn (the same schema): if the caller
+    # says no more the model samples at once; the words so far end the prompt.
+    assert llm.prefill_schemas[0] == call.engine.schema and llm.prefilled[0][-1].role == "user"
+    assert llm.prefilled[0][-1].content.endswith("I'd like to")
     assert llm.prefilled[0][:-1] == llm.calls[0][:-1]
 
 
