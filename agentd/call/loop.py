@@ -388,6 +388,7 @@ class CallLoop:
     def _on_partial(self, utterance: int, text: str) -> None:
         if utterance != self._utterance or not self._asr_open:
             return
+        log.debug("call %s: partial at %.2f s: %r", self.call_ref, self._vad_now, text)
         # Understanding starts while the caller still talks: the model reads their words.
         if self._prefiller is not None and self._may_answer():
             self._prefiller.request(text)

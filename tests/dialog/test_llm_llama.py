@@ -206,6 +206,43 @@ def test_concurrent_calls_are_serialised_and_match_sequential(backend: LlamaBack
     assert [results[0], results[1]] == expected
 
 
+CALLER_A = ("Hello, this is Margaret Thompson, I have a cleaning booked for next Tuesday "
+            "morning at nine with Doctor Patel and I would like to know whether I can bring "
+            "my daughter along to the same appointment.")
+CALLER_B = ("Hi there, my name is Robert Fitzgerald and I am calling about an invoice I "
+            "received last week for a filling, the amount looks higher than what the "
+            "receptionist told me on the day.")
+
+
+def test_calls_taking_turns_each_keep_their_conversation_cached(backend: LlamaBackend) -> None:
+    turn_a = chat(CALLER_A)
+    reply_a, stats_a = backend.generate(turn_a, SCHEMA)
+    next_a = [*turn_a, ChatMessage("assistant", reply_a), ChatMessage("user", "Friday then.")]
+    expected, _ = backend.generate(next_a, SCHEMA)  # A's second turn with nothing between
+
+    backend.generate(chat("Hi."), SCHEMA)  # reset to a short, unrelated context
+    backend.generate(turn_a, SCHEMA)
+    switches = backend.context_switches
+    backend.generate(chat(CALLER_B), SCHEMA)  # another call's turn overwrites A's cells
+    reply, stats = backend.generate(next_a, SCHEMA)
+    assert backend.context_switches == switches + 1
+    # A's first prompt and reply came back from the copy, not evaluated again ...
+    assert stats.cached_tokens >= stats_a.prompt_tokens + stats_a.completion_tokens - 2
+    # ... and the copy is exact: the same reply as without the other call in between.
+    assert reply == expected
+    # B was set aside in turn: its next turn also finds its conversation.
+    _, stats_b = backend.generate([*chat(CALLER_B), ChatMessage("user", "Hello?")], SCHEMA)
+    assert stats_b.cached_tokens > len(backend.tokenize(CALLER_B))
+
+
+def test_a_revised_partial_is_not_set_aside(backend: LlamaBackend) -> None:
+    backend.generate(chat("Hi."), SCHEMA)
+    held = len(backend._held)
+    backend.prefill(chat("I would like to move my"), schema=SCHEMA)
+    backend.prefill(chat("I would like to move my appointment to Friday."), schema=SCHEMA)
+    assert len(backend._held) == held  # a few words differ: nothing worth a copy
+
+
 TAKE_YOUR_TIME = '{"say": "Take your time.", "action": {"type": "none"}}'
 
 
