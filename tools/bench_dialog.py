@@ -138,6 +138,10 @@ def main() -> int:
         "caller still speaks)",
     )
     parser.add_argument(
+        "--draft", type=int, default=None,
+        help="guessed tokens checked per generated token (0: off; default: the backend's)",
+    )
+    parser.add_argument(
         "--batches",
         action="store_true",
         help="instead of the call: ms per token of prompt evaluation by batch size, after a "
@@ -154,10 +158,13 @@ def main() -> int:
         say_opening=not args.no_opening,
         greedy_grammar_check=not args.full_mask,
     )
+    if args.draft is not None:
+        llm.draft_tokens = max(0, args.draft)
     print(
         f"model {path.name}: loaded in {time.perf_counter() - started:.1f} s, "
         f"threads={args.threads}, opening={'off' if args.no_opening else 'on'}, "
-        f"grammar={'full mask' if args.full_mask else 'greedy check'}, load now "
+        f"grammar={'full mask' if args.full_mask else 'greedy check'}, "
+        f"draft={llm.draft_tokens}, load now "
         f"{os.getloadavg()[0]:.1f}"
     )
     if args.batches:
@@ -168,7 +175,8 @@ def main() -> int:
     messages = [ChatMessage("system", SYSTEM_PROMPT)]
     header = (
         f"{'turn':>4} {'prompt':>6} {'cached':>6} {'new':>4} {'first_tok_ms':>12} "
-        f"{'clause_ms':>9} {'gen_tok':>7} {'tok/s':>6} {'fallbk':>6} {'total_ms':>8}  reply"
+        f"{'clause_ms':>9} {'gen_tok':>7} {'tok/s':>6} {'fallbk':>6} {'guess':>7} "
+        f"{'total_ms':>8}  reply"
     )
     print(header)
     warm_first: list[float] = []
@@ -203,7 +211,8 @@ def main() -> int:
             f"{turn:>4} {stats.prompt_tokens:>6} {stats.cached_tokens:>6} "
             f"{stats.prompt_tokens - stats.cached_tokens:>4} {stats.first_token_ms:>12.0f} "
             f"{clause_ms:>9.0f} {stats.completion_tokens:>7} {rate:>6.1f} "
-            f"{llm.last_grammar_fallbacks:>6} {stats.total_ms:>8.0f}  {shown}"
+            f"{llm.last_grammar_fallbacks:>6} "
+            f"{f'{llm.last_accepted}/{llm.last_drafted}':>7} {stats.total_ms:>8.0f}  {shown}"
         )
         if turn > 1:
             warm_first.append(stats.first_token_ms)

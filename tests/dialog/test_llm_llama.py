@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agentd.dialog.llm_llama import LlamaBackend, fit_messages
+from agentd.dialog.llm_llama import LlamaBackend, _DraftLookup, fit_messages
 from agentd.dialog.schema import LlmError, parse_reply, turn_schema
 from agentd.dialog.types import Cancel, ChatMessage
 
@@ -204,6 +204,38 @@ def test_concurrent_calls_are_serialised_and_match_sequential(backend: LlamaBack
     for t in threads:
         t.join(timeout=120)
     assert [results[0], results[1]] == expected
+
+
+def test_draft_lookup_guesses_what_followed_the_same_tokens_in_the_prompt() -> None:
+    prompt = [1, 2, 3, 4, 5, 6, 7, 9, 2, 3, 4, 8]
+    lookup = _DraftLookup(prompt)
+    assert lookup.draft([0, 2, 3, 4], 3) == [8]  # the latest occurrence, to the prompt's end
+    assert lookup.draft([5, 6, 7], 2) == [9, 2]
+    assert lookup.draft([6, 7], 4) == []  # fewer tokens than a match needs
+    assert lookup.draft([3, 4, 9], 4) == []  # never seen
+    assert lookup.draft([1, 2, 3], 0) == []
+
+
+def test_guessed_tokens_are_kept_only_when_right(backend: LlamaBackend) -> None:
+    answer = "We are open Monday to Friday from eight in the morning to six in the evening."
+    turn = [ChatMessage("system", f"{SYSTEM.content} Opening hours answer: {answer}"),
+            ChatMessage("user", "When are you open? Answer with the opening hours answer.")]
+    backend.draft_tokens = 0
+    try:
+        plain, _ = backend.generate(turn, SCHEMA)
+    finally:
+        backend.draft_tokens = 4
+    guessed, stats = backend.generate(turn, SCHEMA)
+    assert backend.last_drafted > 0 and 0 < backend.last_accepted <= backend.last_drafted
+    reply = parse_reply(guessed, TOOLS, TARGETS)  # still the schema's JSON
+    assert reply.say and stats.completion_tokens > 5
+    # The same words as without guessing (a guess is kept only if it is what was sampled;
+    # batch arithmetic may still tip a near tie, so compare the start).
+    assert guessed[:40] == plain[:40]
+    # Generation goes on from a consistent context: the next turn reuses it.
+    _, after = backend.generate([*turn, ChatMessage("assistant", guessed),
+                                 ChatMessage("user", "Thanks.")], SCHEMA)
+    assert after.cached_tokens >= stats.prompt_tokens + stats.completion_tokens - 2
 
 
 CALLER_A = ("Hello, this is Margaret Thompson, I have a cleaning booked for next Tuesday "
