@@ -436,8 +436,8 @@ class LlamaBackend:
         best = max(self._held, key=lambda held: held.memory.common(data), default=None)
         gain = best.memory.common(data) - live if best is not None else 0
         if best is not None and gain >= HELD_MIN_BYTES:
+            self._held.remove(best)  # first: setting the live one aside may drop the oldest
             self._set_aside(live)
-            self._held.remove(best)
             self._bring_back(best)
         else:
             self._set_aside(live)

@@ -267,6 +267,21 @@ def test_calls_taking_turns_each_keep_their_conversation_cached(backend: LlamaBa
     assert stats_b.cached_tokens > len(backend.tokenize(CALLER_B))
 
 
+def test_more_calls_than_held_contexts_take_turns(backend: LlamaBackend,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import agentd.dialog.llm_llama as llm_llama
+
+    monkeypatch.setattr(llm_llama, "HELD_CONTEXTS", 2)
+    # Three calls, two held: when A comes back it is the oldest held context, the one that
+    # setting C aside would drop.
+    callers = [CALLER_A, CALLER_B, CALLER_B.replace("Robert", "Edward")]
+    for _ in range(2):
+        for caller in callers:
+            reply, _ = backend.generate(chat(caller), SCHEMA)
+            parse_reply(reply, TOOLS, TARGETS)
+            assert len(backend._held) <= 2
+
+
 def test_a_revised_partial_is_not_set_aside(backend: LlamaBackend) -> None:
     backend.generate(chat("Hi."), SCHEMA)
     held = len(backend._held)
