@@ -5,7 +5,9 @@ Run through `tools/demo` (it installs what is needed first). Everything stays on
      when it is free.
   2. agentd starts as extension 2001 answering with the dental example (Bright Smile Dental,
      Qwen2.5-Coder 1.5B at temperature 0), its calendar a fresh copy under the work dir.
-  3. A baresip phone registers as 3001, the practice's billing desk.
+  3. A baresip phone registers as 3001, the practice's billing desk, and a stand-in CRM
+     (examples/crm.py) answers the practice's webhooks on 127.0.0.1:8780 (the text-message
+     confirmation tool, the hand-off record); each request it gets is printed.
   4. A scripted caller (James O'Connor, +447700900102, a flite voice) calls 2001 and moves
      his appointment to Tuesday; then calls again, asks where the practice is, talks over
      the answer (barge-in) with an insurance question, and is put through to billing (REFER).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -29,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from examples.crm import DEFAULT_PORT as CRM_PORT  # noqa: E402
+from examples.crm import CrmRequest, CrmStandIn  # noqa: E402
 from tests.e2e.rig import (  # noqa: E402
     CLEAR_VOICE,
     DEFAULT_MODEL,
@@ -171,6 +176,7 @@ def main() -> int:
          "(dental example, loading models)")
     rig = AgentRig(workdir, pbx_port=pbx_port).start()
     phone = None
+    crm = start_crm(rig)
     try:
         phone = Baresip(workdir / "phone3001", "3001", registrar_port=pbx_port,
                         sip_port=ports.port(), ctrl_port=ports.port(udp=False),
@@ -210,8 +216,27 @@ def main() -> int:
     finally:
         if phone is not None:
             phone.stop()
+        if crm is not None:
+            crm.stop()
         rig.stop()
     return 0
+
+
+def start_crm(rig: AgentRig) -> CrmStandIn | None:
+    """The stand-in for the practice's CRM on the address the dental policy's webhooks use."""
+    if not is_free(CRM_PORT, udp=False):
+        note(f"port {CRM_PORT} is taken: no stand-in CRM (the confirmation tool will fail, "
+             "and the agent will say so)")
+        return None
+    token_file = rig.example_dir / "secrets" / "crm-token"
+    token = token_file.read_text().strip() if token_file.is_file() else None
+
+    def report(request: CrmRequest) -> None:
+        token_state = {True: "with the CRM token", False: "WRONG token", None: "no token"}
+        body = json.dumps(request.body)[:160] if request.body is not None else ""
+        note(f"CRM got {request.method} {request.path} ({token_state[request.token]}) {body}")
+
+    return CrmStandIn(token=token, on_request=report).start()
 
 
 if __name__ == "__main__":
