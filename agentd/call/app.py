@@ -32,6 +32,7 @@ def loop_config(config: Any) -> CallLoopConfig:
             neg_threshold=vad.neg_threshold,
             end_of_turn_s=vad.end_of_turn_ms / 1000,
             fast_end_of_turn_s=call.fast_end_of_turn_s,
+            fast_end_min_words=call.fast_end_min_words,
             incomplete_hold_s=call.incomplete_hold_s,
             backchannel_max_s=call.backchannel_max_s,
             hold_max_s=call.hold_max_s,

@@ -72,6 +72,11 @@ class TurnConfig:
     neg_threshold: float = 0.35  # ... and its silence threshold
     end_of_turn_s: float = 0.4  # the VAD's end_of_turn_ms (for the incomplete-turn hold)
     fast_end_of_turn_s: float | None = 0.2  # None: always wait for the VAD's end of turn
+    # The fast path needs this many words: a lone "Sorry," / "Well," often starts a longer
+    # turn (a caller who barges in with "Sorry, [pause] hold on" was answered "Okay." in the
+    # pause). The VAD's own end of turn still ends a one-word answer ("Yes.") 200 ms later;
+    # its content waits on the model anyway.
+    fast_end_min_words: int = 2
     incomplete_hold_s: float = 0.6
     backchannel_max_s: float = 0.8
     hold_max_s: float = 1.5
@@ -421,7 +426,8 @@ class TurnTaker:
         silence = now - self._silence_at
         text = self._prepared
         if (cfg.fast_end_of_turn_s is not None and silence >= cfg.fast_end_of_turn_s - _EPS
-                and text is not None and looks_complete(text)):
+                and text is not None and looks_complete(text)
+                and len(_WORD.findall(text.lower())) >= cfg.fast_end_min_words):
             self.stats.fast_ends += 1
             self._end(now, self._vad_end if self._vad_end is not None else self._silence_at,
                       out)

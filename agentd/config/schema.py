@@ -500,6 +500,13 @@ class CallConfig(Section):
         description="Silence that ends the turn early when the words so far end a sentence, "
         "in s; null = always wait for speech.vad.end_of_turn_ms.",
     )
+    fast_end_min_words: Integer = Field(
+        2,
+        ge=1,
+        le=10,
+        description="Words the caller must have said for the early end of turn; fewer "
+        "('Sorry,', 'Well,') wait for speech.vad.end_of_turn_ms.",
+    )
     incomplete_hold_s: Number = Field(
         0.6,
         ge=0,

@@ -93,6 +93,33 @@ def test_complete_sentence_ends_the_turn_on_the_fast_path() -> None:
     assert d.turns.stats.fast_ends == 1 and not d.turns.in_utterance
 
 
+def test_a_lone_word_waits_for_the_vad_end_of_turn() -> None:
+    # "Sorry," [pause] "hold on a second": the pause after one word is no end of turn.
+    d = Driver(TurnConfig(fast_end_of_turn_s=0.2, end_of_turn_s=0.4))
+    speak(d, 0.5)
+    d.run(0.1, 0.1)
+    d.prepared("Sorry.")
+    d.run(0.2, 0.1)
+    assert not d.of(EndOfTurn) and d.turns.stats.fast_ends == 0
+    speak(d, 0.8)  # the caller goes on: the same turn
+    assert not d.of(EndOfTurn) and len(d.of(OpenUtterance)) == 1
+    # A one-word answer still ends at the VAD's own end of turn.
+    d = Driver(TurnConfig(fast_end_of_turn_s=0.2, end_of_turn_s=0.4))
+    speak(d, 0.4)
+    d.run(0.1, 0.1)
+    d.prepared("Yes.")
+    d.run(0.3, 0.1)
+    d.run(STEP, 0.1, [SpeechEnded(at=0.4, duration=0.4)])
+    assert len(d.of(EndOfTurn)) == 1
+    # Two words are enough for the fast path; the minimum is configurable.
+    d = Driver(TurnConfig(fast_end_of_turn_s=0.2, end_of_turn_s=0.4, fast_end_min_words=1))
+    speak(d, 0.4)
+    d.run(0.1, 0.1)
+    d.prepared("Yes.")
+    d.run(0.12, 0.1)
+    assert d.turns.stats.fast_ends == 1
+
+
 def test_without_a_transcript_the_vad_end_of_turn_decides() -> None:
     d = Driver(TurnConfig(fast_end_of_turn_s=0.2))
     speak(d, 1.0)
@@ -185,7 +212,9 @@ def test_short_real_words_barge_in() -> None:
     assert isinstance(got[0], BargeIn)
     d.turns.agent_active(d.now, False)
     d.run(0.2, 0.1)
-    assert len(d.of(EndOfTurn)) == 1  # "Stop." is then answered as a turn
+    # "Stop." is then answered as a turn, at the VAD's end of turn (one word: no fast path)
+    d.run(STEP, 0.1, [SpeechEnded(at=d.now - 0.3, duration=0.2)])
+    assert len(d.of(EndOfTurn)) == 1
 
 
 def test_hold_without_a_decision_times_out_into_a_barge_in() -> None:
