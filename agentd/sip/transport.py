@@ -20,6 +20,7 @@ from agentd.sip.message import SipRequest, SipResponse
 from agentd.sip.parser import SipParseError, StreamFramer, parse_message
 
 log = logging.getLogger("agentd.sip.transport")
+_PORT_ATTEMPTS = 8  # port 0: tries for a number free for both UDP and TCP
 
 Address = tuple[str, int]
 SipMessage = SipRequest | SipResponse
@@ -186,17 +187,30 @@ class SipTransport:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        udp, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self), local_addr=(self.host, self.port)
-        )
-        self._udp = udp
-        # Port 0 asks the OS; TCP then listens on the same number UDP got.
-        self.port = udp.get_extra_info("sockname")[1]
-        if self._tcp_enabled:
-            self._tcp_server = await loop.create_server(
-                lambda: _TcpConnection(self), host=self.host, port=self.port, reuse_address=True
+        requested = self.port
+        # Port 0 asks the OS; TCP then listens on the same number UDP got. That number can
+        # be taken for TCP (another socket, a connection in TIME_WAIT): then ask again.
+        for attempt in range(_PORT_ATTEMPTS if requested == 0 else 1):
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), local_addr=(self.host, requested)
             )
+            self._udp = udp
+            self.port = udp.get_extra_info("sockname")[1]
+            if not self._tcp_enabled:
+                return
+            try:
+                self._tcp_server = await loop.create_server(
+                    lambda: _TcpConnection(self), host=self.host, port=self.port,
+                    reuse_address=True,
+                )
+            except OSError:
+                udp.close()
+                self._udp = None
+                if requested != 0 or attempt == _PORT_ATTEMPTS - 1:
+                    raise
+                continue
             self._idle_sweeper = loop.create_task(self._sweep_idle_tcp())
+            return
 
     async def close(self) -> None:
         if self._idle_sweeper is not None:

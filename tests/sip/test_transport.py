@@ -376,3 +376,41 @@ async def test_idle_inbound_tcp_is_closed_but_our_own_connection_stays() -> None
         registrar.close()
         await registrar.wait_closed()
         await transport.close()
+
+
+async def test_port_zero_retries_when_the_udp_number_is_taken_for_tcp(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    real = loop.create_server
+    calls = []
+
+    async def busy_once(*args, **kwargs):  # the first number UDP got is taken for TCP
+        calls.append(kwargs.get("port"))
+        if len(calls) == 1:
+            raise OSError(98, "address already in use")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "create_server", busy_once)
+    transport = SipTransport("127.0.0.1", 0, lambda _: None)
+    await transport.start()
+    try:
+        assert len(calls) == 2 and transport.port == calls[1]
+        reader, writer = await asyncio.open_connection(*transport.local_address)
+        writer.close()
+    finally:
+        await transport.close()
+
+
+async def test_a_fixed_port_taken_for_tcp_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def busy(*args, **kwargs):
+        raise OSError(98, "address already in use")
+
+    monkeypatch.setattr(loop, "create_server", busy)
+    from tests.harness.ports import PortAllocator
+
+    transport = SipTransport("127.0.0.1", PortAllocator().port(), lambda _: None)
+    with pytest.raises(OSError):
+        await transport.start()
+    assert transport._udp is None  # the UDP socket it opened was closed again
