@@ -427,7 +427,7 @@ class TurnTaker:
         text = self._prepared
         if (cfg.fast_end_of_turn_s is not None and silence >= cfg.fast_end_of_turn_s - _EPS
                 and text is not None and looks_complete(text)
-                and len(_WORD.findall(text.lower())) >= cfg.fast_end_min_words):
+                and len(words_of(text)) >= cfg.fast_end_min_words):
             self.stats.fast_ends += 1
             self._end(now, self._vad_end if self._vad_end is not None else self._silence_at,
                       out)
