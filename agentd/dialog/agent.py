@@ -33,6 +33,7 @@ from typing import Any
 from agentd.dialog.escalation import (
     Escalation,
     EscalationRules,
+    content_stems,
     is_affirmative,
     mentions_phrase,
     words,
@@ -105,11 +106,12 @@ _BREAK_BEFORE = frozenset({
     "at", "on", "in", "by", "about", "until", "before", "after", "which", "that", "who",
     "where", "please",
 })
-_WORD = re.compile(r"\S+")
+_TOKEN = re.compile(r"\S+")
 
 
-def _bare(word: str) -> str:
-    return word.strip(".,;:!?\"'()").lower()
+def _first_word(token: str) -> str:
+    found = words(token)
+    return found[0] if found else ""
 
 
 class ClauseSplitter:
@@ -130,10 +132,10 @@ class ClauseSplitter:
         self._max_words = max_words
         self._first_words = first_words
         self._first = True
-        # Words after which a cut could split a phrase: every word of a phrase but its last.
-        self._joined = frozenset(
-            _bare(word) for phrase in keep_together for word in phrase.split()[:-1]
-        )
+        # A cut after a word that starts with one of these could split a phrase: the guard's
+        # own stems (mentions_phrase) of every content word of a phrase but its last.
+        self._joined = tuple(
+            {s for phrase in keep_together for s in content_stems(phrase)[:-1]})
 
     def feed(self, text: str) -> list[str]:
         self._buffer += text
@@ -152,9 +154,9 @@ class ClauseSplitter:
             if cut is not None:
                 pieces.append(rest[:cut].strip())
                 rest = rest[cut:]
-        words = rest.split()
-        if (len(words) > self._max_words and rest[-1:].isspace()
-                and _bare(words[-1]) not in self._joined):
+        tokens = rest.split()
+        if (len(tokens) > self._max_words and rest[-1:].isspace()
+                and not self._joins(tokens[-1])):
             pieces.append(rest.strip())
             rest = ""
         self._buffer = rest
@@ -171,20 +173,23 @@ class ClauseSplitter:
         """Where to end the first piece in `rest` (no punctuation yet), or None: wait."""
         assert self._first_words is not None
         least, most = self._first_words
-        spans = [match.span() for match in _WORD.finditer(rest)]
+        spans = [match.span() for match in _TOKEN.finditer(rest)]
         complete = spans if rest[-1:].isspace() else spans[:-1]
         for count in range(least, len(complete) + 1):
-            last = _bare(rest[slice(*complete[count - 1])])
-            if last in self._joined:
+            if self._joins(rest[slice(*complete[count - 1])]):
                 continue
             if count == len(complete):
                 if count >= most:
                     return complete[count - 1][1]
                 break
-            following = _bare(rest[slice(*complete[count])])
+            following = _first_word(rest[slice(*complete[count])])
             if following in _BREAK_BEFORE or count >= most:
                 return complete[count - 1][1]
         return None
+
+    def _joins(self, token: str) -> bool:
+        """A cut right after `token` could split a keep_together phrase."""
+        return any(word.startswith(s) for word in words(token) for s in self._joined)
 
     def _is_boundary(self, start: int, mark: int) -> bool:
         if self._buffer[mark] != ".":

@@ -89,9 +89,14 @@ def stem(word: str) -> str:
 _STOP = frozenset({"a", "an", "the", "of", "to", "my", "your", "about", "for", "and", "or", "on"})
 
 
+def content_stems(phrase: str) -> list[str]:
+    """The stemmed content words of `phrase`, in order: what `mentions_phrase` looks for."""
+    return [stem(w) for w in words(phrase) if w not in _STOP]
+
+
 def mentions_phrase(text: str, phrase: str) -> bool:
     """True when every content word of `phrase` (stemmed) starts some word of `text`."""
-    wanted = [stem(w) for w in words(phrase) if w not in _STOP]
+    wanted = content_stems(phrase)
     if not wanted:
         return False
     said = words(text)
