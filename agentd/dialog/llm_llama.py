@@ -273,6 +273,11 @@ class _TokenMemory:
     def clear(self) -> None:
         self.data, self.tokens, self.ends = b"", [], []
 
+    def copy(self) -> _TokenMemory:
+        twin = _TokenMemory()
+        twin.data, twin.tokens, twin.ends = self.data, list(self.tokens), list(self.ends)
+        return twin
+
 
 # ---- conversations set aside -------------------------------------------------------------------
 
@@ -433,12 +438,12 @@ class LlamaBackend:
         that shares the most with it, or set the live one aside if `data` would overwrite
         a worthwhile part of it."""
         live = self._memory.common(data)
-        best = max(self._held, key=lambda held: held.memory.common(data), default=None)
-        gain = best.memory.common(data) - live if best is not None else 0
-        if best is not None and gain >= HELD_MIN_BYTES:
-            self._held.remove(best)  # first: setting the live one aside may drop the oldest
+        shared = [(held.memory.common(data), held) for held in self._held]
+        best = max(shared, key=lambda pair: pair[0], default=None)
+        if best is not None and best[0] - live >= HELD_MIN_BYTES:
+            self._held.remove(best[1])  # first: setting the live one aside may drop the oldest
             self._set_aside(live)
-            self._bring_back(best)
+            self._bring_back(best[1])
         else:
             self._set_aside(live)
 
@@ -459,8 +464,7 @@ class LlamaBackend:
         tokens = np.array(self._llm.input_ids[: self._llm.n_tokens], copy=True)
         self._held.append(_Held(memory, tokens, state, written))
         del self._held[:-HELD_CONTEXTS]
-        self._memory = _TokenMemory()
-        self._memory.remember(memory.data, list(memory.tokens), self._token_bytes)
+        self._memory = memory.copy()  # the live one goes on changing; the held one must not
 
     def _bring_back(self, held: _Held) -> None:
         ctx = self._llm._ctx.ctx
