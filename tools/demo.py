@@ -175,9 +175,9 @@ def main() -> int:
     note(f"work dir {workdir}; starting Kamailio on 127.0.0.1:{pbx_port} and agentd "
          "(dental example, loading models)")
     rig = AgentRig(workdir, pbx_port=pbx_port).start()
-    phone = None
-    crm = start_crm(rig)
+    phone = crm = None
     try:
+        crm = start_crm(rig)
         phone = Baresip(workdir / "phone3001", "3001", registrar_port=pbx_port,
                         sip_port=ports.port(), ctrl_port=ports.port(udp=False),
                         rtp_base=ports.port_range(20)).start()
