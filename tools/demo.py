@@ -175,7 +175,8 @@ def main() -> int:
     note(f"work dir {workdir}; starting Kamailio on 127.0.0.1:{pbx_port} and agentd "
          "(dental example, loading models)")
     rig = AgentRig(workdir, pbx_port=pbx_port).start()
-    phone = crm = None
+    phone = None
+    crm: CrmStandIn | None = None
     try:
         crm = start_crm(rig)
         phone = Baresip(workdir / "phone3001", "3001", registrar_port=pbx_port,
