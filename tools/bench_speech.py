@@ -4,7 +4,7 @@
     .venv/bin/python tools/bench_speech.py [--quick] [--engines silero,whisper,vosk,...]
         [--threads 1] [--cache-dir DIR] [--json FILE]
         [--final-beam N] [--no-denoise] [--prompt TEXT | --prompt-policy POLICY.yaml]
-        [--asr-model whisper-tiny-en,whisper-base]
+        [--asr-model whisper-tiny-en,whisper-base] [--vosk-model vosk-en-small,vosk-ko]
 
 Engines are built by agentd.speech.factory from the default `speech:` config and the model
 store (`agentd models list`), each in its own child process so load time and RSS are its own
@@ -31,8 +31,9 @@ ASR (whisper, vosk): each clip is fed in 20 ms frames followed by trailing silen
   name, knowledge topics, flow names, escalation topics and targets, open weekdays).
   --asr-model ID[,ID...] benchmarks each Whisper model id (speech.asr.model) in its own
   worker, one row each (default whisper-tiny-en), so models compare within one run.
-  Vosk only installs with a Korean model here: its WER is measured on Korean espeak-ng clips
-  and says nothing about English.
+  --vosk-model ID[,ID...] does the same for Vosk (default vosk-en-small, the English small
+  model, and vosk-ko); each model is measured on the clips of its own language (the Korean
+  model on Korean espeak-ng clips, which says nothing about English).
 TTS (piper, hibari, espeak, coqui if its model is installed): first chunk = time from
   synthesize() to the first 8 kHz chunk, short (one clause) and long (3-4 sentences) agent
   replies, after one warm-up; RTF = synthesis time / audio time over the long replies.
@@ -72,6 +73,7 @@ RATE = 8000
 TAIL_S = 1.2  # audio fed after each clip, so end_of_turn can elapse
 ALL_ENGINES = ("silero", "whisper", "vosk", "piper", "hibari", "espeak", "coqui")
 DEFAULT_WHISPER = "whisper-tiny-en"
+DEFAULT_VOSK = "vosk-en-small,vosk-ko"
 KINDS = {"silero": "vad", "whisper": "asr", "vosk": "asr", "piper": "tts", "hibari": "tts",
          "espeak": "tts", "coqui": "tts"}
 TARGETS = {
@@ -151,7 +153,7 @@ def speech_config(engine: str, threads: int, asr_options: dict[str, Any] | None 
     kind = KINDS[engine]
     section: dict[str, Any] = {"threads": threads}
     if engine == "vosk":
-        section.update(engine="vosk", model="vosk-ko")
+        section.update({"engine": "vosk", "model": "vosk-en-small", **(asr_options or {})})
     elif engine == "whisper":
         section.update({"engine": "whisper", "model": DEFAULT_WHISPER, **(asr_options or {})})
     elif engine == "coqui":
@@ -230,7 +232,7 @@ def bench_asr(engine_name: str, testset: TestSet, quick: bool, threads: int,
     asr, result = loaded(lambda: build_asr(cfg, store))
     lang = asr.language
     per_set = 10 if quick else None
-    if engine_name == "vosk" and quick:
+    if engine_name == "vosk" and quick and lang != "en":
         per_set = 4
     busy = audio = 0.0
     finals: list[float] = []
@@ -491,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                          help="Whisper prompt = this policy's own words (see above)")
     parser.add_argument("--asr-model", default=DEFAULT_WHISPER,
                         help="Whisper speech.asr.model id(s), comma-separated: one row each")
+    parser.add_argument("--vosk-model", default=DEFAULT_VOSK,
+                        help="Vosk speech.asr.model id(s), comma-separated: one row each")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--asr-options", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -524,7 +528,11 @@ def main(argv: list[str] | None = None) -> int:
     timeout_s = 100.0 if args.quick else 300.0
     whisper_models = [m.strip() for m in args.asr_model.split(",") if m.strip()]
     runs: list[tuple[str, str, dict[str, Any] | None]] = []  # (row, engine, asr options)
+    vosk_models = [m.strip() for m in args.vosk_model.split(",") if m.strip()]
     for engine in engines:
+        if engine == "vosk":
+            runs.extend((f"vosk:{model}", engine, {"model": model}) for model in vosk_models)
+            continue
         if engine != "whisper":
             runs.append((engine, engine, None))
             continue

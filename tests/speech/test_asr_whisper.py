@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
-import wave
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agentd.media.resample import StreamResampler
 from agentd.speech.asr_whisper import WhisperAsr, trim_repetition
 from agentd.speech.interfaces import AsrEngine, SpeechError, Transcript
 from agentd.speech.metrics import normalize_words, wer
 from agentd.speech.testset import transcript_wer
 from tests.speech.conftest import (
-    add_noise,
-    speech_edges,
     find_model,
     frames_of,
+    phone_clip,
     speak_espeak,
+    speak_flite,
+    speech_edges,
     through_g711,
     with_silence,
 )
@@ -55,37 +52,10 @@ def engine() -> WhisperAsr:
     return WhisperAsr(whisper_model_dir(), threads=1)
 
 
-def speak_flite(text: str, voice: str = "rms") -> np.ndarray:
-    """`text` spoken by Debian's flite, as int16 at 8 kHz."""
-    if shutil.which("flite") is None:
-        pytest.skip("flite is not installed (apt-get install flite)")
-    done = subprocess.run(
-        ["flite", "-voice", voice, "-o", "/dev/stdout", "-t", text],
-        capture_output=True,
-        timeout=30,
-        check=True,
-    )
-    import io
-
-    with wave.open(io.BytesIO(done.stdout)) as wav:
-        rate = wav.getframerate()
-        native = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(np.int16)
-    resampler = StreamResampler(rate, 8000)
-    return np.concatenate((resampler.process(native), resampler.flush()))
-
-
 def corpus_wer(references: list[str], hypotheses: list[str]) -> float:
     words = [len(normalize_words(r)) for r in references]
     errors = [wer(r, h) * n for r, h, n in zip(references, hypotheses, words)]
     return sum(errors) / sum(words)
-
-
-def phone_clip(pcm: np.ndarray, snr_db: float | None = None) -> np.ndarray:
-    """A caller's turn as the agent hears it: silence around, optional noise, G.711."""
-    padded = with_silence(pcm, 0.3, 0.5)
-    if snr_db is not None:
-        padded = add_noise(padded, snr_db, seed=1)
-    return through_g711(padded)
 
 
 # ---- no model needed ------------------------------------------------------------------
