@@ -284,13 +284,15 @@ class DialogWorker:
 
 
 class Prefiller:
-    """Runs the dialog's `prefill(text, final=...)` on one thread, newest request first.
+    """Runs the dialog's `prefill(text)` on one thread, newest request first.
 
     Partial transcripts arrive faster than a small CPU evaluates them: a request that comes
     while one runs replaces any still waiting (only the latest words matter), and a final
-    request (the prepared transcript) is never replaced by a partial. `interrupt()` stops
-    the running one at its next step (where the prefill takes `stop`) and drops a waiting
-    partial: the CPU is wanted elsewhere (the final transcript is being decoded)."""
+    request (the prepared transcript) is never replaced by a partial, whatever the prefill
+    does with it (`final=True` is passed only to a prefill that takes `final`, where
+    `final_kw`). `interrupt()` stops the running one at its next step (where the prefill
+    takes `stop`) and drops a waiting partial: the CPU is wanted elsewhere (the final
+    transcript is being decoded)."""
 
     def __init__(self, prefill: Callable[..., None], *, final_kw: bool, stop_kw: bool = False,
                  name: str = "prefill") -> None:
@@ -306,8 +308,6 @@ class Prefiller:
         self._thread.start()
 
     def request(self, text: str, *, final: bool = False) -> None:
-        if final and not self._final_kw:
-            final = False
         with self._cond:
             if self._next is not None and self._next[1] and not final:
                 return  # a final request waits: the partial is older news
@@ -338,7 +338,7 @@ class Prefiller:
                 text, final = self._next
                 self._next = None
                 self._interrupted.clear()
-            kwargs: dict[str, Any] = {"final": True} if final else {}
+            kwargs: dict[str, Any] = {"final": True} if final and self._final_kw else {}
             if self._stop_kw:
                 kwargs["stop"] = self._interrupted.is_set
             try:

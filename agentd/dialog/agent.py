@@ -623,21 +623,17 @@ class DialogSession:
             tool_calls=tuple(self.tool_calls),
         )
 
-    def prefill(
-        self, caller_text: str, *, final: bool = False, stop: Callable[[], bool] | None = None
-    ) -> None:
+    def prefill(self, caller_text: str, *, stop: Callable[[], bool] | None = None) -> None:
         """Evaluate the prompt `turn(caller_text)` would send into the model's KV cache now,
         while the caller is still speaking (blocking: run it off the call's event loop).
 
         The prompt is prefilled as the model will start writing its reply (generation
         prompt and say opening, where the backend supports that), for a partial transcript
         too: if the caller says no more, the turn samples at once; if they do, only that
-        short closing is evaluated again after their new words. `final` marks the prepared
-        final transcript (the loop gives it priority; the prompt is the same). Changes
-        nothing in the session: the history, transcript and what `turn()` produces are the
-        same with or without it. `stop()` true: give up early (passed to backends whose
-        prefill takes it)."""
-        del final  # same prompt either way; kept for callers that mark the prepared final
+        short closing is evaluated again after their new words; the prepared final
+        transcript is prefilled the same way. Changes nothing in the session: the history,
+        transcript and what `turn()` produces are the same with or without it. `stop()`
+        true: give up early (passed to backends whose prefill takes it)."""
         prefill = getattr(self.engine.llm, "prefill", None)
         text = " ".join(caller_text.split())
         if not callable(prefill) or not text or self.finished or self._closing is not None:

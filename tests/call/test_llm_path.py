@@ -107,8 +107,8 @@ def test_final_prefill_through_the_gate_reaches_the_backend_with_the_schema() ->
     engine = DialogEngine(parse_policy(POLICY), ScheduledLlm(llm), {})
     session = engine.new_session()
     session.greeting()
-    session.prefill("Are you open on", final=False)
-    session.prefill("Are you open on Saturday?", final=True)
+    session.prefill("Are you open on")
+    session.prefill("Are you open on Saturday?")  # the prepared final: the same prompt
     assert llm.prefill_schemas == [engine.schema, engine.schema]  # a partial too
     list(session.turn("Are you open on Saturday?"))
     assert llm.prefilled[1] == llm.calls[0]
@@ -139,6 +139,34 @@ def test_prefiller_runs_the_newest_request_and_keeps_a_waiting_final() -> None:
             time.sleep(0.01)
         time.sleep(0.05)
         assert seen == [("I'd", False), ("I'd like to book.", True)]
+    finally:
+        worker.stop()
+
+
+def test_prefiller_keeps_a_waiting_final_for_a_prefill_that_does_not_take_final() -> None:
+    from agentd.call.workers import Prefiller
+
+    started = threading.Event()
+    release = threading.Event()
+    seen: list[str] = []
+
+    def prefill(text: str) -> None:  # like DialogSession.prefill: no `final`
+        seen.append(text)
+        started.set()
+        release.wait(5)
+
+    worker = Prefiller(prefill, final_kw=False)
+    try:
+        worker.request("I'd")
+        assert started.wait(5)
+        worker.request("I'd like to book.", final=True)
+        worker.request("I'd like to book")  # a partial never replaces a waiting final
+        release.set()
+        deadline = time.monotonic() + 5
+        while worker.done < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        assert seen == ["I'd", "I'd like to book."]
     finally:
         worker.stop()
 
