@@ -768,7 +768,7 @@ def _conversation(prefill: bool) -> tuple[Call, list[list[DialogEvent]]]:
                            ("Is Tuesday", "Is Tuesday possible?")):
         if prefill:
             call.session.prefill(partial)
-            call.session.prefill(final, final=True)
+            call.session.prefill(final)  # the prepared final
         turns.append(call.turn(final))
     return call, turns
 
@@ -802,7 +802,7 @@ def test_prefill_is_skipped_when_the_model_will_not_be_asked() -> None:
     call.session.prefill("   ")
     assert call.llm.prefilled == []
     call.turn("That's all, thanks.")
-    call.session.prefill("hello again", final=True)  # the call is over
+    call.session.prefill("hello again")  # the call is over
     assert call.llm.prefilled == []
 
 
@@ -815,4 +815,4 @@ def test_prefill_without_a_backend_hook_is_a_no_op() -> None:
 
     call = Call()
     call.engine.llm = NoPrefill()
-    call.session.prefill("I'd like to book", final=True)  # nothing to do, nothing raised
+    call.session.prefill("I'd like to book")  # nothing to do, nothing raised
