@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from agentd.call.scheduler import LlmGate, ScheduledLlm
 from agentd.dialog.agent import TROUBLE_LINE, DialogEngine, ScriptedLlm
 from agentd.dialog.policy import parse_policy
@@ -114,19 +116,28 @@ def test_final_prefill_through_the_gate_reaches_the_backend_with_the_schema() ->
     assert llm.prefilled[1] == llm.calls[0]
 
 
-def test_prefiller_runs_the_newest_request_and_keeps_a_waiting_final() -> None:
+@pytest.mark.parametrize("takes_final", [True, False])
+def test_prefiller_runs_the_newest_request_and_keeps_a_waiting_final(takes_final: bool) -> None:
+    """The final's priority is the Prefiller's own, also for a prefill that does not take
+    `final` (as DialogSession.prefill does not)."""
     from agentd.call.workers import Prefiller
 
     started = threading.Event()
     release = threading.Event()
-    seen: list[tuple[str, bool]] = []
+    seen: list[tuple[str, bool | None]] = []
 
-    def prefill(text: str, *, final: bool = False) -> None:
+    def run(text: str, final: bool | None) -> None:
         seen.append((text, final))
         started.set()
         release.wait(5)
 
-    worker = Prefiller(prefill, final_kw=True)
+    def with_final(text: str, *, final: bool = False) -> None:
+        run(text, final)
+
+    def without_final(text: str) -> None:
+        run(text, None)
+
+    worker = Prefiller(with_final if takes_final else without_final, final_kw=takes_final)
     try:
         worker.request("I'd")
         assert started.wait(5)
@@ -138,35 +149,8 @@ def test_prefiller_runs_the_newest_request_and_keeps_a_waiting_final() -> None:
         while worker.done < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.05)
-        assert seen == [("I'd", False), ("I'd like to book.", True)]
-    finally:
-        worker.stop()
-
-
-def test_prefiller_keeps_a_waiting_final_for_a_prefill_that_does_not_take_final() -> None:
-    from agentd.call.workers import Prefiller
-
-    started = threading.Event()
-    release = threading.Event()
-    seen: list[str] = []
-
-    def prefill(text: str) -> None:  # like DialogSession.prefill: no `final`
-        seen.append(text)
-        started.set()
-        release.wait(5)
-
-    worker = Prefiller(prefill, final_kw=False)
-    try:
-        worker.request("I'd")
-        assert started.wait(5)
-        worker.request("I'd like to book.", final=True)
-        worker.request("I'd like to book")  # a partial never replaces a waiting final
-        release.set()
-        deadline = time.monotonic() + 5
-        while worker.done < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.05)
-        assert seen == ["I'd", "I'd like to book."]
+        marks = (False, True) if takes_final else (None, None)
+        assert seen == [("I'd", marks[0]), ("I'd like to book.", marks[1])]
     finally:
         worker.stop()
 

@@ -109,6 +109,19 @@ def require_model(model_id: str, name: str | None = None) -> Path:
     return path
 
 
+def require_model_dir(model_id: str, marker: str) -> Path:
+    """The model's directory that holds `marker` (a pip package may keep the files one level
+    down, under model/), or skip the test with the fetch command."""
+    found = find_model(model_id)
+    for candidate in (found, found / "model") if found else ():
+        if (candidate / marker).is_file():
+            return candidate
+    pytest.skip(
+        f"model {model_id} is not installed: run `agentd models fetch {model_id}` "
+        "or set AGENTD_TEST_MODELS"
+    )
+
+
 @pytest.fixture(scope="session")
 def model_file() -> Callable[..., Path]:
     return require_model

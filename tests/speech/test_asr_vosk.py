@@ -15,7 +15,13 @@ import pytest
 
 from agentd.speech.asr_vosk import VoskAsr, model_sample_rate
 from agentd.speech.interfaces import AsrEngine, SpeechError, Transcript
-from tests.speech.conftest import find_model, frames_of, speak_espeak, through_g711, with_silence
+from tests.speech.conftest import (
+    frames_of,
+    require_model_dir,
+    speak_espeak,
+    through_g711,
+    with_silence,
+)
 
 MODEL_ID = "vosk-ko"
 CLIP_A = "안녕하세요 예약을 하고 싶습니다"
@@ -24,15 +30,7 @@ CLIP_B = "내일 오후에 다시 전화해 주세요"
 
 def vosk_model_dir() -> Path:
     """The Vosk model directory (the one holding am/ and conf/), or skip."""
-    found = find_model(MODEL_ID)
-    for base in [found] if found else []:
-        for candidate in (base, base / "model"):
-            if (candidate / "am" / "final.mdl").is_file():
-                return candidate
-    pytest.skip(
-        f"model {MODEL_ID} is not installed: run `agentd models fetch {MODEL_ID}` "
-        "or set AGENTD_TEST_MODELS"
-    )
+    return require_model_dir(MODEL_ID, "am/final.mdl")
 
 
 @pytest.fixture(scope="module")

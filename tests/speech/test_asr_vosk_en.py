@@ -7,14 +7,12 @@ caller speaks, and word timings where the words are.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from agentd.speech.asr_vosk import VoskAsr
 from agentd.speech.testset import transcript_wer
-from tests.speech.conftest import find_model, frames_of, phone_clip, speak_flite
+from tests.speech.conftest import frames_of, phone_clip, require_model_dir, speak_flite
 
 MODEL_ID = "vosk-en-small"
 SENTENCES = [
@@ -24,19 +22,9 @@ SENTENCES = [
 ]
 
 
-def vosk_en_model_dir() -> Path:
-    found = find_model(MODEL_ID)
-    if found is not None and (found / "am" / "final.mdl").is_file():
-        return found
-    pytest.skip(
-        f"model {MODEL_ID} is not installed: run `agentd models fetch {MODEL_ID}` "
-        "or set AGENTD_TEST_MODELS"
-    )
-
-
 @pytest.fixture(scope="module")
 def engine() -> VoskAsr:
-    return VoskAsr(vosk_en_model_dir(), language="en", model_id=MODEL_ID)
+    return VoskAsr(require_model_dir(MODEL_ID, "am/final.mdl"), language="en", model_id=MODEL_ID)
 
 
 def test_english_model_reads_16k_and_says_english(engine: VoskAsr) -> None:

@@ -17,6 +17,7 @@ from tests.speech.conftest import (
     find_model,
     frames_of,
     phone_clip,
+    require_model_dir,
     speak_espeak,
     speak_flite,
     speech_edges,
@@ -36,15 +37,7 @@ SENTENCES = [
 
 def whisper_model_dir() -> Path:
     """The directory holding model.bin (the pip package keeps it under model/), or skip."""
-    found = find_model(MODEL_ID)
-    for base in [found] if found else []:
-        for candidate in (base, base / "model"):
-            if (candidate / "model.bin").is_file():
-                return candidate
-    pytest.skip(
-        f"model {MODEL_ID} is not installed: run `agentd models fetch {MODEL_ID}` "
-        "or set AGENTD_TEST_MODELS"
-    )
+    return require_model_dir(MODEL_ID, "model.bin")
 
 
 @pytest.fixture(scope="module")
