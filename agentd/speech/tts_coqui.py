@@ -21,8 +21,8 @@ __all__ = ["CoquiTts"]
 
 COQUI_MODEL_ID = "coqui"
 _INSTALL_HINT = (
-    "pip install torch==2.13.0 && pip install 'agentd[coqui]' "
-    "(coqui-tts also needs a torchaudio built for the installed torch)"
+    "pip install 'agentd[coqui]' (torch, torchaudio and torchcodec that match) and "
+    "apt-get install ffmpeg (torchcodec loads FFmpeg's libraries)"
 )
 
 
