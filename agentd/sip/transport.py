@@ -190,7 +190,8 @@ class SipTransport:
         requested = self.port
         # Port 0 asks the OS; TCP then listens on the same number UDP got. That number can
         # be taken for TCP (another socket, a connection in TIME_WAIT): then ask again.
-        for attempt in range(_PORT_ATTEMPTS if requested == 0 else 1):
+        attempts = _PORT_ATTEMPTS if requested == 0 else 1
+        for attempt in range(attempts):
             udp, _ = await loop.create_datagram_endpoint(
                 lambda: _UdpProtocol(self), local_addr=(self.host, requested)
             )
@@ -206,7 +207,7 @@ class SipTransport:
             except OSError:
                 udp.close()
                 self._udp = None
-                if requested != 0 or attempt == _PORT_ATTEMPTS - 1:
+                if attempt == attempts - 1:
                     raise
                 continue
             self._idle_sweeper = loop.create_task(self._sweep_idle_tcp())
