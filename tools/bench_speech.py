@@ -73,7 +73,8 @@ RATE = 8000
 TAIL_S = 1.2  # audio fed after each clip, so end_of_turn can elapse
 ALL_ENGINES = ("silero", "whisper", "vosk", "piper", "hibari", "espeak", "coqui")
 DEFAULT_WHISPER = "whisper-tiny-en"
-DEFAULT_VOSK = "vosk-en-small,vosk-ko"
+DEFAULT_VOSK = "vosk-en-small"
+ASR_DEFAULTS = {"whisper": DEFAULT_WHISPER, "vosk": DEFAULT_VOSK}  # speech.asr.model by engine
 KINDS = {"silero": "vad", "whisper": "asr", "vosk": "asr", "piper": "tts", "hibari": "tts",
          "espeak": "tts", "coqui": "tts"}
 TARGETS = {
@@ -152,10 +153,8 @@ def speech_config(engine: str, threads: int, asr_options: dict[str, Any] | None 
 
     kind = KINDS[engine]
     section: dict[str, Any] = {"threads": threads}
-    if engine == "vosk":
-        section.update({"engine": "vosk", "model": "vosk-en-small", **(asr_options or {})})
-    elif engine == "whisper":
-        section.update({"engine": "whisper", "model": DEFAULT_WHISPER, **(asr_options or {})})
+    if engine in ASR_DEFAULTS:
+        section.update({"engine": engine, "model": ASR_DEFAULTS[engine], **(asr_options or {})})
     elif engine == "coqui":
         section.update(engine="coqui", model="coqui-en-ljspeech-vits")
     elif kind == "tts":
@@ -493,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                          help="Whisper prompt = this policy's own words (see above)")
     parser.add_argument("--asr-model", default=DEFAULT_WHISPER,
                         help="Whisper speech.asr.model id(s), comma-separated: one row each")
-    parser.add_argument("--vosk-model", default=DEFAULT_VOSK,
+    parser.add_argument("--vosk-model", default=f"{DEFAULT_VOSK},vosk-ko",
                         help="Vosk speech.asr.model id(s), comma-separated: one row each")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--asr-options", default="{}", help=argparse.SUPPRESS)
@@ -526,20 +525,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{'quick' if args.quick else 'full'} run, {args.threads} thread(s) per engine, "
           f"{os.cpu_count()} CPUs")
     timeout_s = 100.0 if args.quick else 300.0
-    whisper_models = [m.strip() for m in args.asr_model.split(",") if m.strip()]
+    asr_models = {engine: [m.strip() for m in ids.split(",") if m.strip()]
+                  for engine, ids in (("whisper", args.asr_model), ("vosk", args.vosk_model))}
     runs: list[tuple[str, str, dict[str, Any] | None]] = []  # (row, engine, asr options)
-    vosk_models = [m.strip() for m in args.vosk_model.split(",") if m.strip()]
     for engine in engines:
-        if engine == "vosk":
-            runs.extend((f"vosk:{model}", engine, {"model": model}) for model in vosk_models)
-            continue
-        if engine != "whisper":
+        if engine not in asr_models:
             runs.append((engine, engine, None))
             continue
-        for model in whisper_models:
-            row = "whisper" if whisper_models == [DEFAULT_WHISPER] else f"whisper:{model}"
-            runs.append((row, engine, asr_options if row == "whisper" else
-                         {**asr_options, "model": model}))
+        # The decode options (--final-beam, --prompt, ...) are Whisper's.
+        options = asr_options if engine == "whisper" else {}
+        for model in asr_models[engine]:
+            if engine == "whisper" and asr_models[engine] == [DEFAULT_WHISPER]:
+                runs.append((engine, engine, options))  # the plain row of earlier runs
+            else:
+                runs.append((f"{engine}:{model}", engine, {**options, "model": model}))
     results: dict[str, dict[str, Any]] = {}
     for row, engine, options in runs:
         engine_started = time.monotonic()
