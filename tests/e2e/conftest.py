@@ -31,7 +31,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentRig]:
     missing = missing_requirements(DEFAULT_MODEL)
     if missing:
         pytest.skip("end-to-end needs: " + "; ".join(missing))
-    live = AgentRig(tmp_path_factory.mktemp("e2e"), model=DEFAULT_MODEL)
+    # debug: a failure message can then show what ASR heard and when each turn ended.
+    live = AgentRig(tmp_path_factory.mktemp("e2e"), model=DEFAULT_MODEL, log_level="debug")
     live.start()
     try:
         yield live

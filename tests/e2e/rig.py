@@ -164,7 +164,9 @@ class AgentRig:
                 rtp_port_min=self._ports.port_range(40), rtp_port_count=40,
                 max_calls=self.max_calls, log_level=self.log_level,
                 sections={"dialog": self.dialog_section(), "metrics": {"port": 0}})
-            self.agentd.start(self.kamailio, timeout=60.0)
+            # agentd registers once its models are loaded: ~30 s on a quiet 2-core box, twice
+            # that with a core taken, so the registration waits as long as the models may.
+            self.agentd.start(self.kamailio, timeout=self.ready_timeout)
             if not self.agentd.wait_log(r"agent ready", self.ready_timeout):
                 raise HarnessError("agentd did not load its models in time:\n"
                                    + self.agentd.log_text()[-3000:])
@@ -229,6 +231,13 @@ class AgentRig:
                 return answers[0]
             await asyncio.sleep(0.05)
         return None
+
+    def call_log(self, ref: str) -> str:
+        """agentd's log lines about call `ref` (at debug level: partials, finals, end of
+        turn), for failure messages."""
+        assert self.agentd is not None
+        return "\n".join(line for line in self.agentd.log_text().splitlines()
+                         if f"call {ref}" in line)
 
     def wait_call_finished(self, ref: str, timeout: float) -> bool:
         assert self.agentd is not None

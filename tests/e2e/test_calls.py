@@ -108,7 +108,11 @@ async def test_insurance_question_is_put_through_to_billing(
         said = await caller.say(caller_speech("Do you accept my insurance for a crown?",
                                               tail_s=0.1))
         refer_to = await caller.wait_refer(timeout=40)
-        assert refer_to is not None, "no REFER"
+        if refer_to is None:
+            await caller.hangup()
+            rig.wait_call_finished(ref, 15)
+            raise AssertionError("no REFER; the call:\n" + _call_story(rig, caller.call_id or "")
+                                 + "\nagentd's log of it:\n" + rig.call_log(ref))
         assert "3001" in refer_to
         staff = await caller.follow_refer(timeout=15)
         billing_phone.wait_event("CALL_ESTABLISHED", timeout=10)
