@@ -424,6 +424,7 @@ def make_llm(llm_config: Any, *, model_store: Any = None) -> Any:
         model_path,
         n_ctx=llm_config.context_tokens,
         threads=llm_config.threads,
+        adapt_threads=llm_config.adapt_threads,
         seed=llm_config.seed,
         temperature=llm_config.temperature,
     )

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from agentd.dialog.cpu_share import ThreadGovernor
 from agentd.dialog.jsonstream import SayStream
 from agentd.dialog.schema import LlmError
 from agentd.dialog.types import Cancel, ChatMessage, GenerationStats, JsonDict
@@ -323,6 +324,8 @@ class LlamaBackend:
         say_opening: bool = True,
         greedy_grammar_check: bool = True,
         draft_tokens: int = DRAFT_TOKENS,
+        adapt_threads: bool = True,
+        thread_governor: ThreadGovernor | None = None,
         verbose: bool = False,
     ) -> None:
         try:
@@ -350,6 +353,11 @@ class LlamaBackend:
         except (ValueError, RuntimeError) as exc:
             raise LlmError(f"cannot load LLM model {path}: {exc}") from None
         self.model_path = path
+        # Fewer threads while other processes take cores: see agentd/dialog/cpu_share.py.
+        self.threads_now = threads
+        self._governor = thread_governor
+        if thread_governor is None and adapt_threads and threads > 1:
+            self._governor = ThreadGovernor(threads)
         self.n_ctx = n_ctx
         self.seed = seed
         self.temperature = temperature
@@ -497,9 +505,21 @@ class LlamaBackend:
         self._eval(tokens[cached:])
         return cached
 
+    def _fit_threads(self) -> None:
+        """Before computing: the thread count the CPU's other work leaves room for."""
+        if self._governor is None:
+            return
+        wanted = self._governor.threads()
+        if wanted != self.threads_now:
+            self._llm._ctx.set_n_threads(wanted, wanted)
+            log.info("LLM now on %d thread(s): other processes use %.1f of %d cores",
+                     wanted, self._governor.others_busy, self._governor.cores)
+            self.threads_now = wanted
+
     def _eval(self, tokens: Sequence[int]) -> None:
         if not tokens:
             return
+        self._fit_threads()
         self._logits_at = -1
         try:
             self._llm.eval(list(tokens))
@@ -510,6 +530,7 @@ class LlamaBackend:
     def _eval_rows(self, tokens: Sequence[int]) -> list[np.ndarray]:
         """Evaluate `tokens` after the context in one batch; the logits after each (copies:
         the next evaluation overwrites them)."""
+        self._fit_threads()
         model = self._llm
         model._ctx.kv_cache_seq_rm(-1, model.n_tokens, -1)
         n_past = model.n_tokens
