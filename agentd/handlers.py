@@ -119,6 +119,8 @@ class CallHandlers:
             old.phrases.warm(cached_phrases(engine.policy, call_config))
             services = dataclasses.replace(old, dialog=engine, config=call_config)
         self._services, self._speech_key, self._llm_key = services, speech_key, llm_key
+        if self.metrics is not None:
+            self.metrics.watch_llm(services.dialog.llm)
         return AgentHandler(services, self)
 
     def _open_observers(self, config: Config) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agentd.records.model import OUTCOMES
@@ -85,6 +85,32 @@ class _UaStatsCollector(Collector):
         )
         bad.add_metric([], stats.requests_rejected)
         yield from (answered, rejected, cancelled, limited, bad)
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
+
+
+class _LlmCollector(Collector):
+    """Reads the LLM's thread count and the other work it sees on the CPU at scrape time
+    (agentd/dialog/cpu_share.py); backends without them (openai) export nothing."""
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+
+    def collect(self) -> Iterator[Metric]:
+        threads = getattr(self._llm, "threads_now", None)
+        if threads is not None:
+            gauge = GaugeMetricFamily("agentd_llm_threads", "CPU threads the local LLM uses now.")
+            gauge.add_metric([], threads)
+            yield gauge
+        others = getattr(self._llm, "others_busy_cores", None)
+        if others is not None:
+            gauge = GaugeMetricFamily(
+                "agentd_cpu_others_busy_cores",
+                "Cores' worth of CPU other processes used in the LLM's last sampling window.",
+            )
+            gauge.add_metric([], others)
+            yield gauge
 
     def describe(self) -> Iterator[Metric]:
         return self.collect()
@@ -173,6 +199,7 @@ class Metrics:
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._watched: _UaStatsCollector | None = None
+        self._watched_llm: _LlmCollector | None = None
         self.on_registration(RegistrationState(RegistrationStatus.UNREGISTERED))
 
     # ---- HTTP -------------------------------------------------------------------------------
@@ -221,6 +248,14 @@ class Metrics:
         self._watched = _UaStatsCollector(ua)
         self.registry.register(self._watched)
         self.on_registration(ua.registration_state)
+
+    def watch_llm(self, llm: Any) -> None:
+        """Export the LLM's thread count (read at scrape time); a reload's new LLM replaces
+        the old one."""
+        if self._watched_llm is not None:
+            self.registry.unregister(self._watched_llm)
+        self._watched_llm = _LlmCollector(llm)
+        self.registry.register(self._watched_llm)
 
     # ---- errors -----------------------------------------------------------------------------
 

@@ -249,3 +249,25 @@ def test_start_metrics_from_config() -> None:
         assert ("agentd_calls_active", ()) in scrape(port)
     finally:
         metrics.stop_http()
+
+
+class FakeLlm:
+    """What the LLM collector reads (LlamaBackend's names)."""
+
+    threads_now = 2
+    others_busy_cores: float | None = 0.1
+
+
+def test_llm_threads_are_read_at_scrape_time(served: tuple[Metrics, int]) -> None:
+    metrics, port = served
+    assert "agentd_llm_threads" not in {name for name, _ in scrape(port)}
+    llm = FakeLlm()
+    metrics.watch_llm(llm)
+    assert value(scrape(port), "agentd_llm_threads") == 2
+    llm.threads_now, llm.others_busy_cores = 1, 1.2  # another process took a core
+    samples = scrape(port)
+    assert value(samples, "agentd_llm_threads") == 1
+    assert value(samples, "agentd_cpu_others_busy_cores") == 1.2
+    metrics.watch_llm(object())  # a reload to a backend without threads (openai)
+    names = {name for name, _ in scrape(port)}
+    assert "agentd_llm_threads" not in names and "agentd_cpu_others_busy_cores" not in names

@@ -505,6 +505,11 @@ class LlamaBackend:
         self._eval(tokens[cached:])
         return cached
 
+    @property
+    def others_busy_cores(self) -> float | None:
+        """Other processes' CPU use over the last sampling window (None: not adapting)."""
+        return None if self._governor is None else self._governor.others_busy
+
     def _fit_threads(self) -> None:
         """Before computing: the thread count the CPU's other work leaves room for."""
         if self._governor is None:
