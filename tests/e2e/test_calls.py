@@ -106,7 +106,7 @@ async def test_insurance_question_is_put_through_to_billing(
     try:
         ref = await _greeted(rig, caller)
         said = await caller.say(caller_speech("Do you accept my insurance for a crown?",
-                                              tail_s=0.1))
+                                              voice=CLEAR_VOICE, tail_s=0.1))
         refer_to = await caller.wait_refer(timeout=40)
         if refer_to is None:
             await caller.hangup()
