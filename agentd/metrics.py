@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -88,6 +88,9 @@ class _UaStatsCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         return self.collect()
+
+
+_C = TypeVar("_C", bound=Collector)
 
 
 class _LlmCollector(Collector):
@@ -243,19 +246,20 @@ class Metrics:
 
     def watch_user_agent(self, ua: UserAgent) -> None:
         """Export the UA's counters (read at scrape time) and its registration state now."""
-        if self._watched is not None:
-            self.registry.unregister(self._watched)
-        self._watched = _UaStatsCollector(ua)
-        self.registry.register(self._watched)
+        self._watched = self._replace_collector(self._watched, _UaStatsCollector(ua))
         self.on_registration(ua.registration_state)
 
     def watch_llm(self, llm: Any) -> None:
         """Export the LLM's thread count (read at scrape time); a reload's new LLM replaces
         the old one."""
-        if self._watched_llm is not None:
-            self.registry.unregister(self._watched_llm)
-        self._watched_llm = _LlmCollector(llm)
-        self.registry.register(self._watched_llm)
+        self._watched_llm = self._replace_collector(self._watched_llm, _LlmCollector(llm))
+
+    def _replace_collector(self, old: Collector | None, new: _C) -> _C:
+        """Register `new` in place of `old` (a re-wired source exports only its own values)."""
+        if old is not None:
+            self.registry.unregister(old)
+        self.registry.register(new)
+        return new
 
     # ---- errors -----------------------------------------------------------------------------
 

@@ -354,7 +354,7 @@ class LlamaBackend:
             raise LlmError(f"cannot load LLM model {path}: {exc}") from None
         self.model_path = path
         # Fewer threads while other processes take cores: see agentd/dialog/cpu_share.py.
-        self.threads_now = threads
+        self._threads = threads
         self._governor = thread_governor
         if thread_governor is None and adapt_threads and threads > 1:
             self._governor = ThreadGovernor(threads)
@@ -506,6 +506,11 @@ class LlamaBackend:
         return cached
 
     @property
+    def threads_now(self) -> int:
+        """The CPU threads the context computes with now."""
+        return self._threads if self._governor is None else self._governor.current
+
+    @property
     def others_busy_cores(self) -> float | None:
         """Other processes' CPU use over the last sampling window (None: not adapting)."""
         return None if self._governor is None else self._governor.others_busy
@@ -514,12 +519,12 @@ class LlamaBackend:
         """Before computing: the thread count the CPU's other work leaves room for."""
         if self._governor is None:
             return
+        before = self._governor.current
         wanted = self._governor.threads()
-        if wanted != self.threads_now:
+        if wanted != before:
             self._llm._ctx.set_n_threads(wanted, wanted)
             log.info("LLM now on %d thread(s): other processes use %.1f of %d cores",
                      wanted, self._governor.others_busy, self._governor.cores)
-            self.threads_now = wanted
 
     def _eval(self, tokens: Sequence[int]) -> None:
         if not tokens:
